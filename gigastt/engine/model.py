@@ -1,0 +1,171 @@
+"""The four GigaAM v3 model files, loaded once into onnxruntime sessions, their contract checked.
+
+Tensors are addressed by name; sizes (encoder width, LSTM, vocabulary) are read from the graphs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from gigastt.engine.tokenizer import Vocabulary, VocabularyError
+
+log = logging.getLogger(__name__)
+
+ENCODER_FILE = "v3_e2e_rnnt_encoder.onnx"
+ENCODER_INT8_FILE = "v3_e2e_rnnt_encoder_int8.onnx"
+DECODER_FILE = "v3_e2e_rnnt_decoder.onnx"
+JOINT_FILE = "v3_e2e_rnnt_joint.onnx"
+VOCAB_FILE = "v3_e2e_rnnt_vocab.txt"
+MODEL_FILES = (ENCODER_FILE, DECODER_FILE, JOINT_FILE, VOCAB_FILE)
+
+# name -> (onnx element type, rank); batch and time axes are dynamic in the export.
+_CONTRACT: dict[str, tuple[dict[str, tuple[str, int]], dict[str, tuple[str, int]]]] = {
+    "encoder": (
+        {"audio_signal": ("tensor(float)", 3), "length": ("tensor(int64)", 1)},
+        {"encoded": ("tensor(float)", 3), "encoded_len": ("tensor(int32)", 1)},
+    ),
+    "decoder": (
+        {"x": ("tensor(int64)", 2), "h.1": ("tensor(float)", 3), "c.1": ("tensor(float)", 3)},
+        {"dec": ("tensor(float)", 3), "h": ("tensor(float)", 3), "c": ("tensor(float)", 3)},
+    ),
+    "joint": (
+        {"enc": ("tensor(float)", 3), "dec": ("tensor(float)", 3)},
+        {"joint": ("tensor(float)", 4)},
+    ),
+}
+
+F32 = npt.NDArray[np.float32]
+
+
+class ModelError(RuntimeError):
+    """The model directory is missing files or holds files that are not GigaAM v3 RNN-T."""
+
+
+def missing_files(model_dir: Path) -> list[str]:
+    """Names of the required model files absent from ``model_dir``."""
+    return [name for name in MODEL_FILES if not (model_dir / name).is_file()]
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    """Options shared by the three sessions.
+
+    One executor thread drives every session, so inter-op parallelism buys nothing; intra-op
+    threads (0 = onnxruntime's choice, one per core) parallelise the encoder's matrix work.
+    """
+    # Local-first: the Linux wheel carries a telemetry client; make sure it stays silent.
+    ort.disable_telemetry_events()
+    options = ort.SessionOptions()
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return options
+
+
+def _check(kind: str, session: ort.InferenceSession) -> None:
+    want_in, want_out = _CONTRACT[kind]
+    for want, have in ((want_in, session.get_inputs()), (want_out, session.get_outputs())):
+        found = {arg.name: (arg.type, len(arg.shape)) for arg in have}
+        for name, (dtype, rank) in want.items():
+            if name not in found:
+                raise ModelError(f"{kind} graph has no tensor {name!r} (found {sorted(found)})")
+            if found[name] != (dtype, rank):
+                raise ModelError(
+                    f"{kind} tensor {name!r} is {found[name][0]} of rank {found[name][1]},"
+                    f" expected {dtype} of rank {rank}"
+                )
+
+
+def _static_dim(session: ort.InferenceSession, name: str, axis: int) -> int | None:
+    for arg in session.get_inputs():
+        if arg.name == name and isinstance(arg.shape[axis], int):
+            return int(arg.shape[axis])
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    encoder: str  # "int8" or "fp32"
+    vocab_size: int
+    pred_hidden: int
+
+
+class GigaamModel:
+    """Encoder, decoder and joint sessions plus the vocabulary. Not thread-safe by design:
+    exactly one inference thread owns an instance."""
+
+    def __init__(self, model_dir: Path, *, threads: int = 0) -> None:
+        absent = missing_files(model_dir)
+        if absent:
+            raise ModelError(
+                f"model files missing in {model_dir}: {', '.join(absent)}"
+                " (run `gigastt download` to fetch them)"
+            )
+        int8 = model_dir / ENCODER_INT8_FILE
+        encoder_path = int8 if int8.is_file() else model_dir / ENCODER_FILE
+        options = session_options(threads)
+        providers = ["CPUExecutionProvider"]
+        try:
+            self.vocab = Vocabulary.load(model_dir / VOCAB_FILE)
+            self.encoder = ort.InferenceSession(str(encoder_path), options, providers=providers)
+            self.decoder = ort.InferenceSession(
+                str(model_dir / DECODER_FILE), options, providers=providers
+            )
+            self.joint = ort.InferenceSession(
+                str(model_dir / JOINT_FILE), options, providers=providers
+            )
+        except VocabularyError as exc:
+            raise ModelError(f"{VOCAB_FILE}: {exc}") from exc
+        except Exception as exc:  # onnxruntime raises several unrelated types for bad files
+            raise ModelError(f"cannot load model from {model_dir}: {exc}") from exc
+        for kind in ("encoder", "decoder", "joint"):
+            _check(kind, getattr(self, kind))
+        hidden = _static_dim(self.decoder, "h.1", 2)
+        if hidden is None:
+            raise ModelError("decoder input 'h.1' has no static hidden size")
+        self.pred_hidden = hidden
+        vocab_out = self.joint.get_outputs()[0].shape[-1]
+        if isinstance(vocab_out, int) and vocab_out != len(self.vocab):
+            raise ModelError(
+                f"joint emits {vocab_out} scores but the vocabulary has {len(self.vocab)} tokens"
+            )
+        self.info = ModelInfo(
+            encoder="int8" if encoder_path == int8 else "fp32",
+            vocab_size=len(self.vocab),
+            pred_hidden=hidden,
+        )
+        log.info(
+            "model loaded from %s (encoder %s, vocab %d, pid %d)",
+            model_dir,
+            self.info.encoder,
+            len(self.vocab),
+            os.getpid(),
+        )
+
+    def encode(self, features: F32, lengths: npt.NDArray[np.int64]) -> tuple[F32, Any]:
+        """Encoder over ``[B, 64, T]`` features → (``[B, D, T']``, lengths ``[B]``)."""
+        encoded, encoded_len = self.encoder.run(
+            ["encoded", "encoded_len"], {"audio_signal": features, "length": lengths}
+        )
+        return encoded, encoded_len
+
+    def decode_step(
+        self, tokens: npt.NDArray[np.int64], h: F32, c: F32
+    ) -> tuple[F32, F32, F32]:
+        """Prediction network: tokens ``[B, 1]`` and state → (``dec [B, 1, H]``, h, c)."""
+        dec, h2, c2 = self.decoder.run(["dec", "h", "c"], {"x": tokens, "h.1": h, "c.1": c})
+        return dec, h2, c2
+
+    def joint_scores(self, enc: F32, dec: F32) -> F32:
+        """Joint over ``enc [B, D, 1]`` and ``dec [B, H, 1]`` → log-probabilities ``[B, V]``."""
+        (scores,) = self.joint.run(["joint"], {"enc": enc, "dec": dec})
+        return np.asarray(scores, dtype=np.float32).reshape(enc.shape[0], -1)

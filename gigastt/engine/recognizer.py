@@ -1,0 +1,101 @@
+"""File recognition: long audio cut into windows at quiet points, each through encoder and decoder.
+
+Windows keep the encoder near its trained length and below its 200 s limit (inference.md §8).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from gigastt.engine.decoding import MAX_SYMBOLS_PER_FRAME, greedy_decode
+from gigastt.engine.features import SAMPLE_RATE, log_mel
+from gigastt.engine.model import GigaamModel
+from gigastt.engine.tokenizer import Token, join_words
+from gigastt.engine.transcript import Transcript, Word
+
+# One encoder frame = 4 feature hops of 160 samples. Windows start on this grid so that word
+# times stay exact multiples of 40 ms from the start of the file.
+FRAME_SAMPLES = 640
+WINDOW_SECONDS = 20.0
+# The cut is placed at the quietest encoder frame within this many seconds before a window's end.
+CUT_SEARCH_SECONDS = 4.0
+
+F32 = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A slice of the file in samples; ``start`` is a multiple of FRAME_SAMPLES."""
+
+    start: int
+    stop: int
+
+    @property
+    def frame_offset(self) -> int:
+        return self.start // FRAME_SAMPLES
+
+
+def split_windows(samples: F32, window_seconds: float = WINDOW_SECONDS) -> list[Window]:
+    """Cut ``samples`` into windows of at most ``window_seconds``, each ending at a quiet frame."""
+    total = samples.shape[0]
+    limit = max(FRAME_SAMPLES, int(window_seconds * SAMPLE_RATE) // FRAME_SAMPLES * FRAME_SAMPLES)
+    search = min(limit // 2, int(CUT_SEARCH_SECONDS * SAMPLE_RATE) // FRAME_SAMPLES * FRAME_SAMPLES)
+    windows: list[Window] = []
+    start = 0
+    while total - start > limit:
+        lo, hi = start + limit - search, start + limit
+        blocks = samples[lo:hi].reshape(-1, FRAME_SAMPLES).astype(np.float64)
+        energy = np.einsum("ij,ij->i", blocks, blocks)
+        # Cut after the quietest frame; ties go to the latest to keep windows long.
+        quietest = len(energy) - 1 - int(np.argmin(energy[::-1]))
+        cut = lo + (quietest + 1) * FRAME_SAMPLES
+        windows.append(Window(start, cut))
+        start = cut
+    windows.append(Window(start, total))
+    return windows
+
+
+class Recognizer:
+    """Speech to tokens and words on one ``GigaamModel``; used only by the inference thread."""
+
+    def __init__(self, model: GigaamModel, *, max_symbols: int = MAX_SYMBOLS_PER_FRAME) -> None:
+        self.model = model
+        self.max_symbols = max_symbols
+
+    def tokens(self, samples: F32, *, batch_blank_runs: bool = True) -> list[Token]:
+        """Greedy tokens of one window of 16 kHz audio (frames relative to its start)."""
+        features = log_mel(samples)
+        if features.shape[1] == 0:
+            return []
+        encoded, lengths = self.model.encode(
+            features[None], np.array([features.shape[1]], dtype=np.int64)
+        )
+        valid = int(lengths[0])
+        return greedy_decode(
+            self.model,
+            encoded[0, :, :valid],
+            max_symbols=self.max_symbols,
+            batch_blank_runs=batch_blank_runs,
+        )
+
+    def window_words(self, samples: F32, window: Window) -> list[Word]:
+        """Words of one window, timed from the start of the file."""
+        tokens = self.tokens(samples[window.start : window.stop])
+        return self.model.vocab.words(tokens, frame_offset=window.frame_offset)
+
+    def iter_windows(self, samples: F32) -> Iterator[list[Word]]:
+        for window in split_windows(samples):
+            yield self.window_words(samples, window)
+
+    def transcribe(self, samples: F32) -> Transcript:
+        """Whole-file transcript of mono float32 16 kHz audio."""
+        words = [w for chunk in self.iter_windows(samples) for w in chunk]
+        return transcript_of(words, samples.shape[0])
+
+
+def transcript_of(words: list[Word], samples: int) -> Transcript:
+    return Transcript(text=join_words(words), words=tuple(words), duration=samples / SAMPLE_RATE)

@@ -1,0 +1,112 @@
+"""The error catalogue: every client-visible error code with its HTTP status and fixed message.
+
+Messages are client-safe constants (server.md §9); internal detail is only ever logged.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import NamedTuple
+
+from gigastt import protocol
+
+__all__ = [
+    "REST_ERRORS",
+    "WS_MESSAGES",
+    "ErrorCode",
+    "RestError",
+    "checkout_retry_ms",
+    "invalid_sample_rate",
+    "rest_error_response",
+    "unsupported_protocol_version",
+    "ws_error_message",
+]
+
+
+class ErrorCode(StrEnum):
+    EMPTY_BODY = "empty_body"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    TRANSCRIPTION_ERROR = "transcription_error"
+    INVALID_AUDIO = "invalid_audio"
+    INTERNAL = "internal"
+    TIMEOUT = "timeout"
+    POOL_CLOSED = "pool_closed"
+    SHUTTING_DOWN = "shutting_down"
+    ORIGIN_DENIED = "origin_denied"
+    RATE_LIMITED = "rate_limited"
+    METRICS_DISABLED = "metrics_disabled"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    CONFIGURE_TOO_LATE = "configure_too_late"
+    UNSUPPORTED_PROTOCOL_VERSION = "unsupported_protocol_version"
+    INVALID_SAMPLE_RATE = "invalid_sample_rate"
+    INFERENCE_ERROR = "inference_error"
+    INFERENCE_PANIC = "inference_panic"
+    MAX_SESSION_DURATION_EXCEEDED = "max_session_duration_exceeded"
+
+
+class RestError(NamedTuple):
+    status: int
+    message: str
+
+
+E = ErrorCode
+
+REST_ERRORS: dict[ErrorCode, RestError] = {
+    E.EMPTY_BODY: RestError(400, "Empty request body"),
+    E.PAYLOAD_TOO_LARGE: RestError(413, "Request body exceeds the configured size limit"),
+    E.TRANSCRIPTION_ERROR: RestError(422, "Transcription failed. Check audio format."),
+    E.INVALID_AUDIO: RestError(
+        422,
+        "Failed to decode audio file. Check format (WAV, MP3, M4A, OGG, FLAC supported).",
+    ),
+    E.INTERNAL: RestError(500, "Internal server error"),
+    E.TIMEOUT: RestError(503, "Server busy, try again later"),
+    E.POOL_CLOSED: RestError(503, "Server is shutting down"),
+    E.SHUTTING_DOWN: RestError(503, "Server shutting down"),
+    E.ORIGIN_DENIED: RestError(403, "Origin not allowed"),
+    E.RATE_LIMITED: RestError(429, "Too many requests"),
+    E.METRICS_DISABLED: RestError(404, "metrics endpoint disabled"),
+    # D4 names the code but not the text; this one is ours.
+    E.TOO_MANY_CONNECTIONS: RestError(503, "Too many open connections"),
+}
+
+# Fixed WS texts; the two that echo a client value are built by the functions below.
+WS_MESSAGES: dict[ErrorCode, str] = {
+    E.TIMEOUT: "Server busy, try again later",
+    E.POOL_CLOSED: "Server is shutting down",
+    E.CONFIGURE_TOO_LATE: "Configure must be sent before first audio frame",
+    E.INFERENCE_ERROR: "Inference failed. Please check audio format.",
+    E.INFERENCE_PANIC: "Inference failed unexpectedly. Session reset.",
+    E.MAX_SESSION_DURATION_EXCEEDED: "Maximum session duration exceeded",
+    E.INTERNAL: "Internal serialization error",
+}
+
+_U32_MAX = 2**32 - 1
+
+
+def checkout_retry_ms(checkout_timeout_secs: int) -> int:
+    """The ``retry_after_ms`` hint: the checkout timeout in ms, saturating at u32 max."""
+    return min(max(checkout_timeout_secs, 0) * 1000, _U32_MAX)
+
+
+def rest_error_response(code: ErrorCode, retry_after_ms: int | None = None) -> tuple[int, str]:
+    """HTTP status and JSON body (sorted keys) for a REST error code."""
+    status, message = REST_ERRORS[code]
+    return status, protocol.rest_error(code.value, message, retry_after_ms)
+
+
+def ws_error_message(code: ErrorCode, retry_after_ms: int | None = None) -> str:
+    """The WS ``error`` text frame for a code with a fixed message."""
+    return protocol.ws_error(code.value, WS_MESSAGES[code], retry_after_ms)
+
+
+def unsupported_protocol_version(version: str) -> str:
+    message = f"Unsupported protocol version: {version}. Supported: {protocol.PROTOCOL_VERSION}"
+    return protocol.ws_error(E.UNSUPPORTED_PROTOCOL_VERSION.value, message)
+
+
+def invalid_sample_rate(rate: int) -> str:
+    # The list is rendered as the reference's Rust Debug output: "[8000, 16000, ...]".
+    supported = "[" + ", ".join(map(str, protocol.SUPPORTED_RATES)) + "]"
+    message = f"Unsupported sample rate: {rate}Hz. Supported: {supported}"
+    return protocol.ws_error(E.INVALID_SAMPLE_RATE.value, message)

@@ -1,0 +1,186 @@
+"""Server assembly: bind guard, model load on the inference thread, listener, connection cap, drain.
+
+``run_server`` is what ``gigastt serve`` calls; it returns the process exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import socket
+import sys
+from typing import TextIO
+
+from gigastt import protocol
+from gigastt.config import (
+    ConfigError,
+    ServeConfig,
+    bind_allowed,
+    bind_refusal,
+    is_loopback_host,
+    listen_host,
+    reload_limits,
+    startup_overrides,
+    with_config_file,
+)
+from gigastt.engine.executor import InferenceExecutor
+from gigastt.engine.model import GigaamModel, ModelError, missing_files
+from gigastt.engine.recognizer import Recognizer
+from gigastt.server import routes
+from gigastt.server.admission import AdmissionPool
+from gigastt.server.http import Body, ConnectionDriver, Reply, Request, Timeouts
+from gigastt.server.lifecycle import DrainController
+from gigastt.server.metrics import ServerMetrics
+from gigastt.server.origin import OriginPolicy
+from gigastt.server.ratelimit import RateLimiter
+
+log = logging.getLogger("gigastt.server")
+
+EVICT_INTERVAL_SECS = 60.0
+
+
+def _fail(message: str, stream: TextIO = sys.stderr) -> int:
+    print(f"Error: {message}", file=stream)
+    return 1
+
+
+def run_server(config: ServeConfig) -> int:
+    """Start-up sequence of server.md §1.4 (bind guard first), then serve until drained."""
+    if not bind_allowed(config.host, config.bind_all, os.environ):
+        return _fail(bind_refusal(config.host))
+    if not is_loopback_host(config.host):
+        log.warning("binding to non-loopback address %s: put TLS and auth in front", config.host)
+    absent = missing_files(config.model_dir)
+    if absent:
+        return _fail(f"model files missing in {config.model_dir}: {', '.join(absent)}"
+                     " (run `gigastt download` to fetch them)")
+    try:
+        config = with_config_file(config)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    limits = config.limits
+    if limits.max_session_secs and limits.max_session_secs < limits.idle_timeout_secs:
+        log.warning("--max-session-secs is below --idle-timeout-secs: the cap always fires first")
+    executor: InferenceExecutor[Recognizer] = InferenceExecutor(
+        lambda: Recognizer(GigaamModel(config.model_dir, threads=config.threads)))
+    try:
+        recognizer = executor.start()
+    except ModelError as exc:
+        return _fail(str(exc))
+    try:
+        return asyncio.run(_serve(config, executor, recognizer))
+    except OSError as exc:
+        return _fail(exc.strerror or str(exc))
+    finally:
+        executor.close(timeout=5.0)
+
+
+async def _serve(config: ServeConfig, executor: InferenceExecutor[Recognizer],
+                 recognizer: Recognizer) -> int:
+    limits = config.limits
+    state = routes.ServerState(
+        config=config,
+        limits=limits,
+        executor=executor,
+        model=recognizer.model.info,
+        vocab=recognizer.model.vocab,
+        pool=AdmissionPool(config.pool_size),
+        origin=OriginPolicy(config.allow_origins, allow_any=config.cors_allow_any),
+        metrics=ServerMetrics(pool_size=config.pool_size) if config.metrics else None,
+        limiter=_limiter(limits.rate_limit_per_minute, limits.rate_limit_burst),
+    )
+    lifecycle = DrainController()
+    loop = asyncio.get_running_loop()
+    lifecycle.install(loop, lambda: _reload(state))
+    timeouts = Timeouts(header=config.header_timeout_secs,
+                        keepalive=config.keepalive_timeout_secs,
+                        body=lambda: float(state.limits.idle_timeout_secs))
+
+    async def handler(request: Request, body: Body) -> Reply:
+        return await routes.handle(state, request, body)
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(lifecycle.connections) >= config.max_connections:
+            await _refuse(writer)
+            return
+        driver = ConnectionDriver(reader, writer, handler, timeouts)
+        task = asyncio.current_task()
+        assert task is not None
+        lifecycle.track(driver, task)
+        await driver.run()
+
+    host = listen_host(config.host)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    server = await asyncio.start_server(on_connect, host, config.port, family=family,
+                                        reuse_address=True)
+    bound = server.sockets[0].getsockname()
+    shown = f"[{bound[0]}]" if family == socket.AF_INET6 else bound[0]
+    log.info("gigastt server listening on http://%s:%d", shown, bound[1])
+    log.info("WebSocket: ws://%s:%d/v1/ws; REST: http://%s:%d/v1/transcribe", shown, bound[1],
+             shown, bound[1])
+    if config.cors_allow_any:
+        log.warning("CORS: every Origin is allowed (--cors-allow-any)")
+    elif config.allow_origins:
+        log.info("CORS allowlist: %s", ", ".join(config.allow_origins))
+    evictor = asyncio.ensure_future(_evict_forever(state))
+
+    await lifecycle.stop_requested.wait()
+    log.info("Shutting down server (%s)", lifecycle.signal_name)
+    state.shutdown.set()
+    state.pool.close()
+    server.close()
+    left = await lifecycle.drain(float(state.limits.shutdown_drain_secs))
+    evictor.cancel()
+    if left:
+        log.warning("Drain window expired with %d tracked tasks still running — forcing exit",
+                    left)
+    else:
+        log.info("Drain complete: all tracked tasks finished")
+    return 0
+
+
+def _limiter(rpm: int, burst: int) -> RateLimiter | None:
+    return RateLimiter(rpm, burst) if rpm > 0 else None
+
+
+async def _evict_forever(state: routes.ServerState) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(EVICT_INTERVAL_SECS)
+        if state.limiter is not None:
+            state.limiter.evict_idle(loop.time())
+
+
+def _reload(state: routes.ServerState) -> None:
+    """SIGHUP (decision D12): file under the start-up overrides; a bad file changes nothing."""
+    if state.config.config_path is None:
+        log.info("No config file specified, ignoring SIGHUP")
+        return
+    try:
+        limits = reload_limits(state.config, startup_overrides(state.config))
+    except ConfigError as exc:
+        log.error("config reload failed, keeping the old limits: %s", exc)
+        return
+    old = state.limits
+    if (limits.rate_limit_per_minute, limits.rate_limit_burst) != (
+            old.rate_limit_per_minute, old.rate_limit_burst):
+        state.limiter = _limiter(limits.rate_limit_per_minute, limits.rate_limit_burst)
+    state.limits = limits
+    state.config = dataclasses.replace(state.config, limits=limits)
+    log.info("config reloaded: idle timeout %ss -> %ss, rate limit %s -> %s rpm",
+             old.idle_timeout_secs, limits.idle_timeout_secs, old.rate_limit_per_minute,
+             limits.rate_limit_per_minute)
+
+
+async def _refuse(writer: asyncio.StreamWriter) -> None:
+    """Decision D4: over the connection cap, a fixed 503 and close, without parsing anything."""
+    body = protocol.rest_error("too_many_connections", "Too many open connections").encode()
+    writer.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+                 b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n"
+                 b"retry-after: 1\r\n\r\n" + body)
+    with contextlib.suppress(TimeoutError, ConnectionError):
+        await asyncio.wait_for(writer.drain(), 5.0)
+    writer.close()

@@ -1,0 +1,433 @@
+"""The ``/v1/ws`` session: h11 → websockets hand-off, control messages, timers, close paths.
+
+One coroutine owns a session's lifetime; frames, timers, passes and the drain reach it as events, so
+each exit sends its ``final`` (where D7 wants one) and exactly one Close, in that order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from websockets.datastructures import Headers as WsHeaders
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request as WsRequest
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from gigastt import errors, protocol
+from gigastt.engine.audio import pcm16_to_float
+from gigastt.engine.executor import InferenceExecutor
+from gigastt.engine.recognizer import Recognizer
+from gigastt.engine.streaming import Pass, Segment, StreamingRecognizer
+from gigastt.engine.tokenizer import Token, Vocabulary
+from gigastt.errors import ErrorCode
+from gigastt.server.admission import AdmissionPool, PoolClosed, PoolTimeout, Slot
+from gigastt.server.http import Headers, Request, Response, SwitchProtocols, plain_response
+from gigastt.server.metrics import ServerMetrics
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 64 * 1024
+MAX_EMPTY_FRAMES = 1000
+CLOSE_GRACE_SECS = 2.0
+# Frames waiting for the session coroutine; a full queue stops reading the socket (back-pressure).
+QUEUE_FRAMES = 32
+# More pings than this per second is a flood: each costs us a pong write (closed with 1008).
+MAX_PINGS_PER_SECOND = 50
+
+SUPPORTED_RATES = protocol.SUPPORTED_RATES
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    """What a session needs from the server, taken at upgrade time (reloads apply to new ones)."""
+
+    executor: InferenceExecutor[Recognizer]
+    vocab: Vocabulary
+    pool: AdmissionPool
+    shutdown: asyncio.Event
+    metrics: ServerMetrics | None
+    checkout_timeout: int
+    idle_timeout: int
+    max_session: int
+    frame_max: int
+    ping_interval: int
+
+
+def upgrade(request: Request, settings: SessionSettings) -> SwitchProtocols | Response:
+    """Validate the upgrade in the reference's order (server.md §2.8) and prepare the session."""
+    h = {k: v for k, v in reversed(request.headers)}
+    connection = h.get(b"connection", b"").decode("latin-1").lower()
+    if "upgrade" not in [t.strip() for t in connection.split(",")]:
+        return plain_response(400, b"Connection header did not include 'upgrade'", close=False)
+    if h.get(b"upgrade", b"").decode("latin-1").strip().lower() != "websocket":
+        return plain_response(400, b"`Upgrade` header did not include 'websocket'", close=False)
+    if b"sec-websocket-key" not in h:
+        return plain_response(400, b"`Sec-WebSocket-Key` header missing", close=False)
+    if h.get(b"sec-websocket-version", b"").strip() != b"13":
+        return plain_response(400, b"`Sec-WebSocket-Version` header did not include '13'",
+                              close=False)
+    headers = WsHeaders()
+    for name, value in request.headers:
+        headers[name.decode("latin-1")] = value.decode("latin-1")
+    # Created OPEN so that its parser reads frames from the first byte after our 101
+    # (stack.md §3, pattern 3); Origin is decided by our own policy, not by websockets.
+    ws = ServerProtocol(state=State.OPEN, origins=None, extensions=None,
+                        max_size=settings.frame_max, logger=log)
+    response = ws.accept(WsRequest(request.path, headers))
+    if response.status_code != 101:
+        return plain_response(response.status_code, bytes(response.body or b""), close=False)
+    keep = {"upgrade", "connection", "sec-websocket-accept"}
+    reply: Headers = [(k.lower().encode(), v.encode()) for k, v in response.headers.raw_items()
+                      if k.lower() in keep]
+    return SwitchProtocols(reply, Session(ws, settings, request.request_id, request.peer))
+
+
+class _Closed(Exception):
+    """The connection is finished (peer closed, protocol error or transport failure)."""
+
+
+class Session:
+    """A WebSocket session from the 101 to the last byte."""
+
+    def __init__(self, ws: ServerProtocol, settings: SessionSettings, request_id: str,
+                 peer: str | None) -> None:
+        self.ws = ws
+        self.settings = settings
+        self.rid = request_id
+        self.peer = peer
+        self.rate = protocol.DEFAULT_INPUT_RATE
+        self.recognizer: StreamingRecognizer | None = None
+        self.audio_received = False
+        self.carry = b""
+        self.empty_frames = 0
+        self.frames: asyncio.Queue[Frame | None] = asyncio.Queue(QUEUE_FRAMES)
+        self.pass_task: asyncio.Task[list[Token]] | None = None
+        self.current: Pass | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.last_activity = 0.0
+        self.ping_window = (0.0, 0)
+
+    # --- I/O edges ------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        assert self.writer is not None
+        for data in self.ws.data_to_send():
+            if data:
+                self.writer.write(data)
+            elif self.writer.can_write_eof():
+                with contextlib.suppress(OSError):
+                    self.writer.write_eof()
+
+    async def _drain(self) -> None:
+        assert self.writer is not None
+        self._flush()
+        try:
+            await asyncio.wait_for(self.writer.drain(), self.settings.idle_timeout or None)
+        except (ConnectionError, TimeoutError) as exc:
+            raise _Closed from exc
+
+    async def _send_text(self, text: str) -> None:
+        if self.ws.state is not State.OPEN:
+            raise _Closed
+        self.ws.send_text(text.encode())
+        await self._drain()
+
+    async def _close(self, code: int, reason: str) -> None:
+        """Send our Close (once) and wait briefly for the peer's, then the socket goes."""
+        if self.ws.state is State.OPEN:
+            self.ws.send_close(code, reason)
+            with contextlib.suppress(_Closed):
+                await self._drain()
+        deadline = time.monotonic() + CLOSE_GRACE_SECS
+        while self.ws.state is not State.CLOSED and time.monotonic() < deadline:
+            try:
+                frame = await asyncio.wait_for(self.frames.get(), deadline - time.monotonic())
+            except TimeoutError:
+                break
+            if frame is None:
+                break
+
+    async def _read_frames(self, reader: asyncio.StreamReader, first: bytes) -> None:
+        """Socket → protocol → queue. Ends with ``None`` on EOF, error or a protocol failure."""
+        data = first
+        try:
+            while True:
+                if data:
+                    self.ws.receive_data(data)
+                else:
+                    self.ws.receive_eof()
+                for event in self.ws.events_received():
+                    assert isinstance(event, Frame)
+                    if event.opcode is not Opcode.PONG:  # D20: pong replies do not count
+                        self.last_activity = time.monotonic()
+                    if event.opcode is Opcode.PING and self._ping_flood():
+                        log.warning("ws %s: ping flood", self.rid)
+                        self.ws.send_close(1008, "ping flood")
+                        self._flush()
+                        return
+                    await self.frames.put(event)
+                await self._drain()  # automatic pongs and close replies, with back-pressure
+                if not data or self.ws.state is State.CLOSED or self.ws.parser_exc:
+                    break
+                data = await reader.read(READ_SIZE)
+        except (ConnectionError, EOFError, _Closed):
+            pass
+        finally:
+            await self.frames.put(None)
+
+    def _ping_flood(self) -> bool:
+        second, count = self.ping_window
+        now = time.monotonic()
+        if now - second >= 1.0:
+            second, count = now, 0
+        self.ping_window = (second, count + 1)
+        return bool(count >= MAX_PINGS_PER_SECOND)
+
+    # --- lifetime ---------------------------------------------------------------------------
+
+    async def run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                  first_bytes: bytes) -> None:
+        self.writer = writer
+        metrics = self.settings.metrics
+        if metrics:
+            metrics.ws_opened()
+        log.info("ws %s: connected from %s", self.rid, self.peer)
+        slot: Slot | None = None
+        reading: asyncio.Task[None] | None = None
+        try:
+            slot = await self._checkout()
+            if slot is None:
+                return
+            await self._send_text(protocol.ready())
+            reading = asyncio.ensure_future(self._read_frames(reader, first_bytes))
+            await self._loop()
+        except _Closed:
+            pass
+        finally:
+            if self.pass_task is not None and not self.pass_task.done():
+                self.pass_task.cancel()
+            if slot is not None:
+                slot.release()
+            if reading is not None:
+                reading.cancel()
+            if metrics:
+                metrics.ws_closed()
+            log.info("ws %s: session ended", self.rid)
+
+    async def _checkout(self) -> Slot | None:
+        s = self.settings
+        if s.shutdown.is_set():
+            await self._close(1001, "server shutdown")
+            return None
+        started = time.monotonic()
+        acquire = asyncio.ensure_future(s.pool.acquire(s.checkout_timeout))
+        stop = asyncio.ensure_future(s.shutdown.wait())
+        try:
+            await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if s.shutdown.is_set():  # shutdown wins ties (server.md §4.1)
+            if acquire.done() and not acquire.cancelled() and acquire.exception() is None:
+                acquire.result().release()
+            else:
+                acquire.cancel()
+            await self._close(1001, "server shutdown")
+            return None
+        try:
+            slot = acquire.result()
+        except PoolTimeout:
+            if s.metrics:
+                s.metrics.observe_checkout(time.monotonic() - started)
+                s.metrics.pool_timeout()
+            retry = errors.checkout_retry_ms(s.checkout_timeout)
+            await self._send_text(errors.ws_error_message(ErrorCode.TIMEOUT, retry))
+            await self._close(1013, "try again later")
+            return None
+        except PoolClosed:
+            await self._close(1001, "server shutdown")
+            return None
+        if s.metrics:
+            s.metrics.observe_checkout(time.monotonic() - started)
+        return slot
+
+    async def _loop(self) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + s.max_session if s.max_session else None
+        self.last_activity = time.monotonic()
+        next_ping = loop.time() + s.ping_interval if s.ping_interval else None
+        getter: asyncio.Task[Frame | None] | None = None
+        stop = asyncio.ensure_future(s.shutdown.wait())
+        try:
+            while True:
+                if s.shutdown.is_set():
+                    await self._end(1001, "server shutdown")
+                    return
+                now = loop.time()
+                if deadline is not None and now >= deadline:
+                    await self._send_text(
+                        errors.ws_error_message(ErrorCode.MAX_SESSION_DURATION_EXCEEDED))
+                    await self._end(1008, "max session duration")
+                    return
+                idle_left = s.idle_timeout - (time.monotonic() - self.last_activity)
+                if s.idle_timeout and idle_left <= 0:
+                    log.info("ws %s: idle timeout", self.rid)
+                    await self._end(1000, "idle timeout")
+                    return
+                if next_ping is not None and now >= next_ping:
+                    self.ws.send_ping(b"")
+                    await self._drain()
+                    next_ping = now + s.ping_interval
+                waits: list[float] = [idle_left] if s.idle_timeout else []
+                if deadline is not None:
+                    waits.append(deadline - now)
+                if next_ping is not None:
+                    waits.append(next_ping - now)
+                if getter is None:
+                    getter = asyncio.ensure_future(self.frames.get())
+                pending: set[asyncio.Future[Any]] = {getter, stop}
+                if self.pass_task is not None:
+                    pending.add(self.pass_task)
+                done, _ = await asyncio.wait(pending, timeout=max(0.0, min(waits, default=3600)),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if self.pass_task is not None and self.pass_task in done:
+                    await self._pass_done()
+                if getter in done:
+                    frame = getter.result()
+                    getter = None
+                    if frame is None:
+                        return  # peer closed, transport error or protocol violation: no final
+                    if await self._on_frame(frame):
+                        return
+        finally:
+            stop.cancel()
+            if getter is not None:
+                getter.cancel()
+
+    async def _on_frame(self, frame: Frame) -> bool:
+        """Handle one client frame; True when the session is over."""
+        if frame.opcode is Opcode.TEXT:
+            return await self._on_text(bytes(frame.data))
+        if frame.opcode is Opcode.BINARY:
+            return await self._on_audio(bytes(frame.data))
+        # A client Close ends the session; websockets has already echoed it (RFC 6455 §5.5.1).
+        return frame.opcode is Opcode.CLOSE
+
+    async def _on_text(self, data: bytes) -> bool:
+        message = protocol.parse_control(data.decode("utf-8"))
+        if message is None:
+            log.debug("ws %s: ignored text message of %d bytes", self.rid, len(data))
+            return False
+        if isinstance(message, protocol.Stop):
+            log.info("ws %s: stop", self.rid)
+            await self._end(1000, "")
+            return True
+        if self.audio_received:
+            await self._send_text(errors.ws_error_message(ErrorCode.CONFIGURE_TOO_LATE))
+            return False
+        if message.protocol_version is not None and message.protocol_version != "1.0":
+            await self._send_text(errors.unsupported_protocol_version(message.protocol_version))
+            await self._close(1002, "unsupported protocol version")
+            return True
+        if message.sample_rate is not None:
+            if message.sample_rate in SUPPORTED_RATES:
+                self.rate = message.sample_rate
+                self.recognizer = None
+                log.info("ws %s: configured %d Hz", self.rid, self.rate)
+            else:
+                await self._send_text(errors.invalid_sample_rate(message.sample_rate))
+        return False
+
+    async def _on_audio(self, data: bytes) -> bool:
+        if not data:
+            self.empty_frames += 1
+            if self.empty_frames > MAX_EMPTY_FRAMES:
+                log.warning("ws %s: more than %d empty frames", self.rid, MAX_EMPTY_FRAMES)
+                await self._close(1008, "too many empty frames")
+                return True
+            return False
+        self.audio_received = True
+        data = self.carry + data
+        if len(data) % 2:
+            data, self.carry = data[:-1], data[-1:]
+        else:
+            self.carry = b""
+        self._recognizer().feed(pcm16_to_float(data))
+        self._maybe_start_pass()
+        return False
+
+    # --- recognition passes -----------------------------------------------------------------
+
+    def _recognizer(self) -> StreamingRecognizer:
+        if self.recognizer is None:
+            self.recognizer = StreamingRecognizer(self.settings.vocab, input_rate=self.rate)
+        return self.recognizer
+
+    def _start(self, job: Pass) -> None:
+        samples = job.samples
+        self.current = job
+        self.pass_task = asyncio.ensure_future(
+            self.settings.executor.run(self, lambda r: r.tokens(samples)))
+
+    def _maybe_start_pass(self) -> None:
+        if self.pass_task is None and self.recognizer is not None:
+            job = self.recognizer.next_pass()
+            if job is not None:
+                self._start(job)
+
+    async def _pass_done(self) -> None:
+        task, job = self.pass_task, self.current
+        assert task is not None and job is not None and self.recognizer is not None
+        self.pass_task = self.current = None
+        try:
+            tokens = task.result()
+        except Exception:
+            log.exception("ws %s: inference failed", self.rid)
+            await self._send_text(errors.ws_error_message(ErrorCode.INFERENCE_ERROR))
+            return
+        for segment in self.recognizer.on_result(job, tokens):
+            await self._send_segment(segment)
+        self._maybe_start_pass()
+
+    async def _send_segment(self, segment: Segment) -> None:
+        await self._send_text(protocol.segment(segment.kind, segment.words, time.time()))
+
+    async def _end(self, code: int, reason: str) -> None:
+        """The session's last words: the pending pass, a final pass, the final, then Close."""
+        if self.pass_task is not None:
+            await asyncio.wait({self.pass_task})
+            await self._pass_done()
+            if self.pass_task is not None:  # _pass_done may have started another
+                self.pass_task.cancel()
+                self.pass_task = self.current = None
+        words: tuple[Any, ...] = ()
+        if self.recognizer is not None:
+            job = self.recognizer.finish()
+            samples = job.samples
+            try:
+                tokens = await self.settings.executor.run(self, lambda r: r.tokens(samples))
+            except Exception:
+                log.exception("ws %s: inference failed on the final pass", self.rid)
+                tokens = []
+            (segment,) = self.recognizer.on_result(job, tokens)
+            words = segment.words
+        await self._send_segment(Segment("final", words))
+        await self._close(code, reason)
+
+
+def session_settings(state: Any) -> SessionSettings:
+    """Snapshot the server's current limits for a new session."""
+    limits = state.limits
+    return SessionSettings(
+        executor=state.executor, vocab=state.vocab, pool=state.pool, shutdown=state.shutdown,
+        metrics=state.metrics, checkout_timeout=limits.pool_checkout_timeout_secs,
+        idle_timeout=limits.idle_timeout_secs, max_session=limits.max_session_secs,
+        frame_max=limits.ws_frame_max_bytes, ping_interval=state.config.ws_ping_secs,
+    )
+

@@ -1,0 +1,782 @@
+"""Generators of GigaAM-v3-compatible RNN-T model directories (small, tone, full-size) for tests.
+Owns the exact graph interface of inference.md §2, built with onnx.helper and seeded numpy weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+__all__ = [
+    "DECODER",
+    "ENCODER",
+    "JOINT",
+    "SMALL_VOCAB",
+    "TONE_TOKENS",
+    "TONE_VOCAB",
+    "VOCAB",
+    "cached_full_model",
+    "model_cache_dir",
+    "tone_frequency",
+    "write_full_model",
+    "write_small_model",
+    "write_tone_model",
+]
+
+ENCODER = "v3_e2e_rnnt_encoder.onnx"
+DECODER = "v3_e2e_rnnt_decoder.onnx"
+JOINT = "v3_e2e_rnnt_joint.onnx"
+VOCAB = "v3_e2e_rnnt_vocab.txt"
+CONFIG = "config.json"
+
+OPSET = 17
+IR_VERSION = 8  # the IR version that goes with opset 17
+PRED_HIDDEN = 320  # onnx-asr hard-codes the prediction-net state size
+FEATURES = 64
+ROTARY_POSITIONS = 5000  # GigaAM v3: table length and rotary base
+SILENCE_LOGMEL = math.log(1e-9)  # log-mel value of digital silence
+
+F32 = npt.NDArray[np.float32]
+
+# Small model vocabulary: <unk> at 0, '▁'-pieces, continuations, capitals, punctuation, digits,
+# <blk> last. No bare '▁' and no '▁'+punctuation piece, so every detokeniser agrees on the text.
+SMALL_VOCAB: tuple[str, ...] = (
+    "<unk>",
+    "▁в", "▁на", "▁не", "▁что", "▁по", "▁при", "▁как", "▁мир", "▁до", "▁за", "▁это",
+    "▁ска", "▁про", "▁Мо", "▁При", "▁А", "▁Я", "▁1",
+    "ва", "ет", "ла", "но", "ро", "ка", "ть", "ми", "ст", "е", "а", "о", "и", "у", "я",
+    ",", ".", "?", "!", "2", "0",
+    "<blk>",
+)  # fmt: skip
+
+# Tone model (inference-reference.md §9.3): token i of TONE_TOKENS fires on mel band 8 + 5 i.
+TONE_TOKENS: tuple[str, ...] = ("▁При", "вет", ",", "▁как", "▁де", "ла", "?", "▁мир", ".", "▁-")
+TONE_VOCAB: tuple[str, ...] = ("<unk>", *TONE_TOKENS, "<blk>")
+_TONE_FIRST_BAND = 8
+_TONE_BAND_STEP = 5
+
+
+# ----------------------------------------------------------------------------------------------
+# graph building
+
+
+class _Graph:
+    """Accumulates nodes and initializers with unique names."""
+
+    def __init__(self) -> None:
+        self.nodes: list[Any] = []
+        self.inits: list[Any] = []
+        self._count = 0
+
+    def _fresh(self, hint: str) -> str:
+        self._count += 1
+        return f"{hint}_{self._count}"
+
+    def const(self, hint: str, value: npt.ArrayLike, dtype: npt.DTypeLike = np.float32) -> str:
+        name = self._fresh(hint)
+        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def ints(self, hint: str, values: Sequence[int]) -> str:
+        return self.const(hint, np.asarray(values, dtype=np.int64), np.int64)
+
+    def op(self, op_type: str, inputs: Sequence[str], *, out: str | None = None, **attrs: Any) -> str:
+        name = out or self._fresh(op_type.lower())
+        self.nodes.append(helper.make_node(op_type, list(inputs), [name], **attrs))
+        return name
+
+    def ops(self, op_type: str, inputs: Sequence[str], outs: Sequence[str], **attrs: Any) -> None:
+        self.nodes.append(helper.make_node(op_type, list(inputs), list(outs), **attrs))
+
+    def model(self, name: str, inputs: list[Any], outputs: list[Any]) -> Any:
+        graph = helper.make_graph(self.nodes, name, inputs, outputs, self.inits)
+        model = helper.make_model(
+            graph,
+            opset_imports=[helper.make_opsetid("", OPSET)],
+            producer_name="gigastt.testing",
+            producer_version="1",
+            ir_version=IR_VERSION,
+        )
+        return model
+
+    # small conveniences -------------------------------------------------------------------
+    def matmul(self, x: str, w: F32, b: F32 | None = None, hint: str = "w") -> str:
+        y = self.op("MatMul", [x, self.const(hint, w)])
+        return y if b is None else self.op("Add", [y, self.const(hint + "_b", b)])
+
+    def silu(self, x: str) -> str:
+        return self.op("Mul", [x, self.op("Sigmoid", [x])])
+
+    def scale(self, x: str, factor: float) -> str:
+        return self.op("Mul", [x, self.const("scale", np.float32(factor))])
+
+    def transpose(self, x: str, perm: Sequence[int]) -> str:
+        return self.op("Transpose", [x], perm=list(perm))
+
+    def layer_norm(self, x: str, dim: int) -> str:
+        return self.op(
+            "LayerNormalization",
+            [x, self.const("ln_g", np.ones(dim)), self.const("ln_b", np.zeros(dim))],
+            axis=-1,
+            epsilon=1e-5,
+        )
+
+
+def _tensor(name: str, elem: int, shape: Sequence[int | str | None]) -> Any:
+    return helper.make_tensor_value_info(name, elem, list(shape))
+
+
+def _save(model: Any, path: Path) -> None:
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString(deterministic=True))
+
+
+def _write_vocab(path: Path, vocab: Sequence[str]) -> None:
+    if vocab[-1] != "<blk>" or len(set(vocab)) != len(vocab):
+        raise ValueError("vocabulary must be unique and end with <blk>")
+    path.write_text("".join(f"{p} {i}\n" for i, p in enumerate(vocab)), encoding="utf-8")
+
+
+def _write_config(path: Path, max_tokens_per_step: int) -> None:
+    if max_tokens_per_step < 1:
+        raise ValueError(f"max_tokens_per_step must be >= 1, got {max_tokens_per_step}")
+    config = {
+        "model_type": "gigaam-v3-e2e-rnnt",
+        "features_size": FEATURES,
+        "subsampling_factor": 4,
+        "version": "v3",
+        "max_tokens_per_step": max_tokens_per_step,
+    }
+    path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------------------------
+# shared pieces: encoder interface, subsampling, conformer layers, decoder, joint
+
+
+def _encoded_len(g: _Graph) -> None:
+    """`encoded_len` from `length` with the real formula: 2 × L ← floor((L + 2·2 − 5)/2 + 1)."""
+    lf = g.op("Cast", ["length"], to=TensorProto.FLOAT)
+    for _ in range(2):
+        lf = g.op("Add", [lf, g.const("pad_minus_k", np.float32(2 * 2 - 5))])
+        lf = g.op("Div", [lf, g.const("stride", np.float32(2.0))])
+        lf = g.op("Add", [lf, g.const("one", np.float32(1.0))])
+        lf = g.op("Floor", [lf])
+    g.op("Cast", [lf], out="encoded_len", to=TensorProto.INT32)
+
+
+def _encoder_io(d_model: int) -> tuple[list[Any], list[Any]]:
+    inputs = [
+        _tensor("audio_signal", TensorProto.FLOAT, ["batch_size", FEATURES, "seq_len"]),
+        _tensor("length", TensorProto.INT64, ["batch_size"]),
+    ]
+    # like the real export: axis 1 of `encoded` declared dynamic
+    outputs = [
+        _tensor("encoded", TensorProto.FLOAT, ["batch_size", "seq_len", "encoded_len_dim"]),
+        _tensor("encoded_len", TensorProto.INT32, ["batch_size"]),
+    ]
+    del d_model
+    return inputs, outputs
+
+
+def _normal(rng: np.random.Generator, shape: Sequence[int], std: float) -> F32:
+    a = rng.standard_normal(tuple(shape), dtype=np.float32)
+    a *= np.float32(std)
+    return a
+
+
+def _subsampling(g: _Graph, x: str, d_model: int, rng: np.random.Generator, gain: float,
+                 bias: bool, zero_mean_input: bool = False) -> str:
+    """Two Conv1d(k=5, stride 2, padding 2) + ReLU: [B, 64, T] -> [B, D, ceil(T/4)].
+
+    `zero_mean_input`: first-layer filters sum to zero, so a constant log-mel offset is ignored.
+    """
+    for c_in in (FEATURES, d_model):
+        w = _normal(rng, (d_model, c_in, 5), gain / math.sqrt(c_in * 5))
+        if zero_mean_input and c_in == FEATURES:
+            w -= w.mean(axis=(1, 2), keepdims=True)
+        ins = [x, g.const("sub_w", w)]
+        if bias:
+            ins.append(g.const("sub_b", _normal(rng, (d_model,), 0.02)))
+        x = g.op("Conv", ins, kernel_shape=[5], strides=[2], pads=[2, 2])
+        x = g.op("Relu", [x])
+    return x
+
+
+@dataclass(frozen=True)
+class _Conformer:
+    d_model: int
+    layers: int
+    heads: int
+    d_ff: int
+    norm: bool  # LayerNorms (real) or none (small model: keeps magnitudes ~ input energy)
+    bias: bool
+    ff_gain: float = 1.0
+    attn_gain: float = 1.0
+    conv_gain: float = 1.0
+    qk_gain: float = 1.0
+
+
+def _rotary_tables(dk: int) -> tuple[F32, F32]:
+    inv = 1.0 / (ROTARY_POSITIONS ** (np.arange(0, dk, 2, dtype=np.float64) / dk))
+    freqs = np.outer(np.arange(ROTARY_POSITIONS, dtype=np.float64), inv)
+    emb = np.concatenate([freqs, freqs], axis=1)
+    return np.cos(emb).astype(np.float32), np.sin(emb).astype(np.float32)
+
+
+def _conformer(g: _Graph, x: str, cfg: _Conformer, rng: np.random.Generator) -> str:
+    """Conformer layers on x [B, T, D] -> [B, T, D] (FF/2, rotary MHSA, conv module, FF/2)."""
+    d, h = cfg.d_model, cfg.heads
+    dk = d // h
+    cos, sin = _rotary_tables(dk)
+    cos_n, sin_n = g.const("rope_cos", cos), g.const("rope_sin", sin)
+    t_len = g.op("Gather", [g.op("Shape", [x]), g.ints("axis1", [1])], axis=0)
+    zero = g.ints("zero", [0])
+    axis0 = g.ints("axis0", [0])
+    cos_t = g.op("Slice", [cos_n, zero, t_len, axis0])  # [T, dk]
+    sin_t = g.op("Slice", [sin_n, zero, t_len, axis0])
+    split_half = g.ints("half", [dk // 2, dk // 2])
+    heads_shape = g.ints("heads_shape", [0, -1, h, dk])
+    model_shape = g.ints("model_shape", [0, -1, d])
+
+    def lin(v: str, n_in: int, n_out: int, gain: float, hint: str) -> str:
+        w = _normal(rng, (n_in, n_out), gain / math.sqrt(n_in))
+        b = _normal(rng, (n_out,), 0.02) if cfg.bias else None
+        return g.matmul(v, w, b, hint)
+
+    def norm(v: str) -> str:
+        return g.layer_norm(v, d) if cfg.norm else v
+
+    def feed_forward(v: str) -> str:
+        y = g.silu(lin(norm(v), d, cfg.d_ff, 1.0, "ff1"))
+        y = lin(y, cfg.d_ff, d, cfg.ff_gain, "ff2")
+        return g.op("Add", [v, g.scale(y, 0.5)])
+
+    def rope(v: str) -> str:  # v [B, H, T, dk]
+        a = g._fresh("rope_a")
+        b = g._fresh("rope_b")
+        g.ops("Split", [v, split_half], [a, b], axis=-1)
+        rotated = g.op("Concat", [g.op("Neg", [b]), a], axis=-1)
+        return g.op("Add", [g.op("Mul", [v, cos_t]), g.op("Mul", [rotated, sin_t])])
+
+    def attention(v: str) -> str:
+        y = norm(v)
+        q, k, val = (
+            g.transpose(g.op("Reshape", [lin(y, d, d, cfg.qk_gain if n != "v" else 1.0, n),
+                                         heads_shape]), (0, 2, 1, 3))
+            for n in ("q", "k", "v")
+        )
+        q, k = rope(q), rope(k)
+        scores = g.op("MatMul", [q, g.transpose(k, (0, 1, 3, 2))])
+        scores = g.scale(scores, 1.0 / math.sqrt(dk))
+        att = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), val])
+        att = g.op("Reshape", [g.transpose(att, (0, 2, 1, 3)), model_shape])
+        return g.op("Add", [v, lin(att, d, d, cfg.attn_gain, "o")])
+
+    def conv_module(v: str) -> str:
+        y = g.transpose(norm(v), (0, 2, 1))  # [B, D, T]
+
+        def pointwise(u: str, n_out: int, gain: float) -> str:
+            w = _normal(rng, (n_out, d, 1), gain / math.sqrt(d))
+            ins = [u, g.const("pw", w)]
+            if cfg.bias:
+                ins.append(g.const("pw_b", _normal(rng, (n_out,), 0.02)))
+            return g.op("Conv", ins, kernel_shape=[1])
+
+        y = pointwise(y, 2 * d, 1.0)
+        a, b = g._fresh("glu_a"), g._fresh("glu_b")
+        g.ops("Split", [y, g.ints("glu_split", [d, d])], [a, b], axis=1)
+        y = g.op("Mul", [a, g.op("Sigmoid", [b])])
+        dw = [y, g.const("dw", _normal(rng, (d, 1, 5), 1.0 / math.sqrt(5)))]
+        if cfg.bias:
+            dw.append(g.const("dw_b", _normal(rng, (d,), 0.02)))
+        y = g.op("Conv", dw, kernel_shape=[5], pads=[2, 2], group=d)
+        if cfg.norm:
+            y = g.transpose(g.layer_norm(g.transpose(y, (0, 2, 1)), d), (0, 2, 1))
+        y = pointwise(g.silu(y), d, cfg.conv_gain)
+        return g.op("Add", [v, g.transpose(y, (0, 2, 1))])
+
+    for _ in range(cfg.layers):
+        x = feed_forward(x)
+        x = attention(x)
+        x = conv_module(x)
+        x = feed_forward(x)
+        if cfg.norm:
+            x = g.layer_norm(x, d)
+    return x
+
+
+def _decoder_io() -> tuple[list[Any], list[Any]]:
+    inputs = [
+        _tensor("x", TensorProto.INT64, ["batch", 1]),
+        _tensor("h.1", TensorProto.FLOAT, [1, "batch", PRED_HIDDEN]),
+        _tensor("c.1", TensorProto.FLOAT, [1, "batch", PRED_HIDDEN]),
+    ]
+    outputs = [
+        _tensor("dec", TensorProto.FLOAT, ["batch", 1, PRED_HIDDEN]),
+        _tensor("h", TensorProto.FLOAT, [1, "batch", PRED_HIDDEN]),
+        _tensor("c", TensorProto.FLOAT, [1, "batch", PRED_HIDDEN]),
+    ]
+    return inputs, outputs
+
+
+def _lstm_decoder(embedding: F32, w: F32, r: F32, b: F32) -> Any:
+    """Embedding (Gather) + one ONNX LSTM step; shapes as the real prediction network."""
+    g = _Graph()
+    emb = g.op("Gather", [g.const("embedding", embedding), "x"], axis=0)  # [B, 1, E]
+    seq = g.transpose(emb, (1, 0, 2))  # [1, B, E]
+    y = g._fresh("lstm_y")
+    g.ops(
+        "LSTM",
+        [seq, g.const("lstm_w", w), g.const("lstm_r", r), g.const("lstm_b", b), "", "h.1", "c.1"],
+        [y, "h", "c"],
+        hidden_size=PRED_HIDDEN,
+    )
+    y = g.op("Squeeze", [y, g.ints("axis1", [1])])  # [1, B, H]
+    g.op("Transpose", [y], out="dec", perm=[1, 0, 2])
+    return g.model("decoder", *_decoder_io())
+
+
+def _joint_io(d_model: int, vocab: int) -> tuple[list[Any], list[Any]]:
+    inputs = [
+        _tensor("enc", TensorProto.FLOAT, ["batch", d_model, 1]),
+        _tensor("dec", TensorProto.FLOAT, ["batch", PRED_HIDDEN, 1]),
+    ]
+    outputs = [_tensor("joint", TensorProto.FLOAT, ["batch", 1, 1, vocab])]
+    return inputs, outputs
+
+
+def _joint_tail(g: _Graph, logits: str) -> None:
+    """logits [B, V] -> `joint` [B, 1, 1, V] log-softmax."""
+    logp = g.op("LogSoftmax", [logits], axis=-1)
+    g.op("Unsqueeze", [logp, g.ints("axes12", [1, 2])], out="joint")
+
+
+def _joint_inputs(g: _Graph) -> tuple[str, str]:
+    axis2 = g.ints("axis2", [2])
+    return g.op("Squeeze", ["enc", axis2]), g.op("Squeeze", ["dec", axis2])
+
+
+# ----------------------------------------------------------------------------------------------
+# small model
+
+
+@dataclass(frozen=True)
+class _SmallTuning:
+    """Scales that make a random small model behave like a speech recogniser."""
+
+    level_floor: float = -17.0  # absolute log-mel floor of the per-utterance reference level
+    in_scale: float = 0.25
+    sub_gain: float = 2.0
+    ff_gain: float = 0.5
+    attn_gain: float = 0.2
+    conv_gain: float = 0.5
+    qk_gain: float = 0.3
+    envelope_floor: float = 2.0  # envelope units (mean log-mel above the reference level)
+    activity_low: float = 0.2  # envelope / utterance maximum: no activity below
+    activity_high: float = 0.5  # ... full activity above
+    active_window: int = 2  # a frame is active when env[t] is the max of the last `w` frames
+    joint_hidden: int = 64
+    hidden_threshold: float = 0.0
+    top_logit: float = 8.0  # logit of the best token at full activity
+    silent_logit: float = -20.0  # ... at zero activity
+    sharpness: float = 4.0  # logit distance per unit of token score below the best token
+    context_gain: float = 1.5  # std of the decoder-state term of each token logit
+    context_bound: float = 10.0  # hard bound on that term
+    repeat_penalty: float = 15.0
+    memory_forget: float = 0.7  # leaky memory factor per emitted token
+
+
+_TUNING = _SmallTuning()
+
+
+def _small_encoder(d_model: int, layers: int, heads: int, rng: np.random.Generator,
+                   tune: _SmallTuning) -> Any:
+    """Encoder whose output is activity(t) · direction(t).
+
+    Features are taken relative to a per-utterance level (time mean per band, but at least an
+    absolute floor), so the model is insensitive to gain; digital silence gives exactly 0.
+    direction(t) = unit vector of the (time-centred) output of random conformer layers;
+    activity(t) = energy envelope above a floor, only at its local maxima (syllable nuclei),
+    which yields bursts of tokens separated by blank runs, as a real transducer does.
+    """
+    g = _Graph()
+    mean = g.op("ReduceMean", ["audio_signal"], axes=[2], keepdims=1)
+    ref = g.op("Max", [mean, g.const("floor", np.float32(tune.level_floor))])
+    rel = g.op("Relu", [g.op("Sub", ["audio_signal", ref])])  # [B, 64, T] >= 0
+
+    # activity: envelope at the encoder rate (same conv geometry as the subsampling), relative
+    # to its utterance maximum (at least `envelope_floor`, so that noise alone stays quiet)
+    env = g.op("ReduceMean", [rel], axes=[1], keepdims=1)  # [B, 1, T]
+    box = np.full((1, 1, 5), 0.2, dtype=np.float32)
+    for _ in range(2):
+        env = g.op("Conv", [env, g.const("box", box)], kernel_shape=[5], strides=[2], pads=[2, 2])
+    top = g.op("ReduceMax", [env], axes=[2], keepdims=1)
+    top = g.op("Max", [top, g.const("env_floor", np.float32(tune.envelope_floor))])
+    ratio = g.op("Div", [env, top])
+    ramp = g.op("Sub", [ratio, g.const("act_lo", np.float32(tune.activity_low))])
+    ramp = g.scale(ramp, 1.0 / (tune.activity_high - tune.activity_low))
+    ramp = g.op("Clip", [ramp, g.const("zero", np.float32(0.0)), g.const("one", np.float32(1.0))])
+    # active frames: the envelope is not falling (env[t] >= env[t-1])
+    w = tune.active_window
+    local_max = g.op("MaxPool", [env], kernel_shape=[w], pads=[w - 1, 0], strides=[1])
+    active = g.op("Cast", [g.op("Equal", [env, local_max])], to=TensorProto.FLOAT)
+    activity = g.op("Mul", [ramp, active])  # [B, 1, T'] in [0, 1]
+
+    # direction: random conformer over the subsampled features
+    x = g.scale(rel, tune.in_scale)
+    x = _subsampling(g, x, d_model, rng, tune.sub_gain, bias=False)
+    x = g.transpose(x, (0, 2, 1))
+    cfg = _Conformer(
+        d_model=d_model, layers=layers, heads=heads, d_ff=4 * d_model, norm=False, bias=False,
+        ff_gain=tune.ff_gain, attn_gain=tune.attn_gain, conv_gain=tune.conv_gain,
+        qk_gain=tune.qk_gain,
+    )
+    x = _conformer(g, x, cfg, rng)  # [B, T', D]
+    x = g.transpose(x, (0, 2, 1))  # [B, D, T']
+    # centre on the activity-weighted mean, so that active frames point in varied directions
+    axes2 = g.ints("axes2", [2])
+    weight_sum = g.op("Add", [g.op("ReduceSum", [ramp, axes2], keepdims=1),
+                              g.const("eps", np.float32(1e-6))])
+    centre = g.op("ReduceSum", [g.op("Mul", [x, ramp]), axes2], keepdims=1)
+    centre = g.op("Div", [centre, weight_sum])
+    x = g.op("Sub", [x, centre])
+    norm = g.op("ReduceL2", [x], axes=[1], keepdims=1)
+    x = g.op("Div", [x, g.op("Add", [norm, g.const("eps", np.float32(1e-6))])])
+    g.op("Mul", [x, activity], out="encoded")
+    _encoded_len(g)
+    return g.model("encoder", *_encoder_io(d_model))
+
+
+def _small_decoder(vocab: int, rng: np.random.Generator, tune: _SmallTuning) -> Any:
+    """LSTM whose first `vocab` units are a leaky memory of recent tokens.
+
+    Memory unit k: c ← forget·c + tanh(3)·[x == k], h = tanh(c); the other units are random.
+    """
+    hdim = PRED_HIDDEN
+    emb = _normal(rng, (vocab, hdim), 1.0)
+    emb[:, :vocab] = 0.0
+    emb[np.arange(vocab), np.arange(vocab)] = 3.0
+    emb[vocab - 1] = 0.0  # blank row is zero (padding_idx)
+    w = _normal(rng, (4, hdim, hdim), 1.0 / math.sqrt(hdim))  # ONNX gate order i, o, f, c
+    r = _normal(rng, (4, hdim, hdim), 0.5 / math.sqrt(hdim))
+    b = np.zeros((2, 4, hdim), dtype=np.float32)
+    b[0, :, vocab:] = _normal(rng, (4, hdim - vocab), 0.5)
+    w[:, :vocab, :] = 0.0
+    r[:, :vocab, :] = 0.0
+    b[0, 0, :vocab] = 10.0  # input gate open
+    b[0, 1, :vocab] = 10.0  # output gate open
+    b[0, 2, :vocab] = math.log(tune.memory_forget / (1.0 - tune.memory_forget))
+    w[3, np.arange(vocab), np.arange(vocab)] = 1.0
+    return _lstm_decoder(
+        emb,
+        w.reshape(1, 4 * hdim, hdim),
+        r.reshape(1, 4 * hdim, hdim),
+        b.reshape(1, 8 * hdim),
+    )
+
+
+def _small_joint(d_model: int, vocab: int, blank_bias: float, rng: np.random.Generator,
+                 tune: _SmallTuning) -> Any:
+    """Token logit = offset(|enc|) − sharpness·(best score − score) + context − penalty·memory.
+
+    Scores come from a hidden layer over the direction enc/|enc| only, so only tokens close to
+    the best one can follow it on the same frame (short bursts, no cap loops). offset goes from
+    `silent_logit` at |enc| = 0 to `top_logit` at |enc| = 1; the blank logit is `blank_bias`.
+    context = bounded random projection of the LSTM units; memory = the leaky token memory.
+    """
+    g = _Graph()
+    e, d = _joint_inputs(g)
+    activity = g.op("ReduceL2", [e], axes=[1], keepdims=1)  # [B, 1]
+    u = g.op("Div", [e, g.op("Add", [activity, g.const("eps", np.float32(1e-6))])])
+    hdim = tune.joint_hidden
+    we = _normal(rng, (d_model, hdim), 1.0)
+    we *= 3.0 / np.sqrt((we**2).sum(axis=0, keepdims=True))  # equal-norm hidden units
+    bh = np.full(hdim, -tune.hidden_threshold, dtype=np.float32)
+    hidden = g.op("Relu", [g.matmul(u, we, bh, "je")])
+    n_tok = vocab - 2
+    wo = _normal(rng, (hdim, n_tok), 1.0)
+    for _ in range(3):  # zero mean over hidden units and over tokens, unit-norm columns
+        wo -= wo.mean(axis=0, keepdims=True)
+        wo -= wo.mean(axis=1, keepdims=True)
+        wo /= np.sqrt((wo**2).sum(axis=0, keepdims=True))
+    score = g.matmul(hidden, wo, None, "jo")  # [B, n_tok]
+    score = g.op(  # standardised over tokens: the gaps below the best have a fixed scale
+        "LayerNormalization",
+        [score, g.const("ln_g", np.ones(n_tok)), g.const("ln_b", np.zeros(n_tok))],
+        axis=-1,
+        epsilon=1e-6,
+    )
+    best = g.op("ReduceMax", [score], axes=[1], keepdims=1)
+    rel = g.scale(g.op("Sub", [score, best]), tune.sharpness)
+    span = tune.top_logit - tune.silent_logit
+    offset = g.op("Add", [g.scale(activity, span), g.const("silent", np.float32(tune.silent_logit))])
+    tok = g.op("Add", [rel, offset])
+    pad = g.op("Pad", [tok, g.ints("pads", [0, 1, 0, 1])])  # <unk>, blank columns
+    n_free = PRED_HIDDEN - vocab
+    wz = np.zeros((PRED_HIDDEN, vocab), dtype=np.float32)
+    ctx = _normal(rng, (n_free, vocab), 1.0)
+    ctx -= ctx.mean(axis=1, keepdims=True)
+    ctx *= tune.context_gain / (0.5 * np.sqrt((ctx**2).sum(axis=0, keepdims=True)))
+    l1 = np.abs(ctx).sum(axis=0, keepdims=True)
+    ctx *= np.minimum(1.0, tune.context_bound / l1)  # |context| <= bound for any state
+    wz[vocab:] = ctx
+    wz[np.arange(vocab), np.arange(vocab)] = -tune.repeat_penalty
+    bo = np.zeros(vocab, dtype=np.float32)
+    for col, val in ((0, -1000.0), (vocab - 1, blank_bias)):  # <unk> never, blank fixed
+        wz[:, col] = 0.0
+        bo[col] = val
+    logits = g.op("Add", [pad, g.matmul(d, wz, bo, "jz")])
+    _joint_tail(g, logits)
+    return g.model("joint", *_joint_io(d_model, vocab))
+
+
+def _small_models(seed: int, d_model: int, layers: int, heads: int, blank_bias: float,
+                  tune: _SmallTuning = _TUNING) -> tuple[Any, Any, Any]:
+    if d_model % heads or (d_model // heads) % 2:
+        raise ValueError("d_model must split into heads of even size")
+    vocab = len(SMALL_VOCAB)
+    enc_rng, dec_rng, joint_rng = (np.random.default_rng([seed, i]) for i in range(3))
+    return (
+        _small_encoder(d_model, layers, heads, enc_rng, tune),
+        _small_decoder(vocab, dec_rng, tune),
+        _small_joint(d_model, vocab, blank_bias, joint_rng, tune),
+    )
+
+
+def write_small_model(
+    path: Path,
+    *,
+    seed: int = 0,
+    d_model: int = 32,
+    layers: int = 2,
+    heads: int = 4,
+    blank_bias: float = 7.0,
+    max_tokens_per_step: int = 10,
+) -> Path:
+    """Write a tiny GigaAM-v3-compatible model directory (4 model files + config.json).
+
+    Speech decodes to varied text (~0.2-0.35 tokens per 40 ms frame); digital silence to nothing.
+    `blank_bias` 5 gives a "saturating" variant that sometimes hits the per-frame token cap.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    enc, dec, joint = _small_models(seed, d_model, layers, heads, blank_bias)
+    _save(enc, path / ENCODER)
+    _save(dec, path / DECODER)
+    _save(joint, path / JOINT)
+    _write_vocab(path / VOCAB, SMALL_VOCAB)
+    _write_config(path / CONFIG, max_tokens_per_step)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# tone model
+
+
+def _mel_centres() -> npt.NDArray[np.float64]:
+    """Centre frequencies (Hz) of the 64 HTK mel bands of the GigaAM v3 front end (0-8000 Hz)."""
+    top = 2595.0 * math.log10(1.0 + 8000.0 / 700.0)
+    points = 700.0 * (10.0 ** (np.linspace(0.0, top, FEATURES + 2) / 2595.0) - 1.0)
+    return np.asarray(points[1:-1])
+
+
+def _tone_band(token: str) -> int:
+    try:
+        return _TONE_FIRST_BAND + _TONE_BAND_STEP * TONE_TOKENS.index(token)
+    except ValueError:
+        raise ValueError(f"{token!r} is not a tone-model token; one of {TONE_TOKENS}") from None
+
+
+def tone_frequency(token: str) -> float:
+    """Centre frequency (Hz) of the mel band that fires `token` in the tone model."""
+    return float(_mel_centres()[_tone_band(token)])
+
+
+def _tone_models() -> tuple[Any, Any, Any]:
+    vocab = len(TONE_VOCAB)
+    # encoder: identity centre taps, no ReLU -> encoded[:, :, t] = logmel[:, :, 4t]
+    g = _Graph()
+    x = "audio_signal"
+    eye = np.zeros((FEATURES, FEATURES, 5), dtype=np.float32)
+    eye[np.arange(FEATURES), np.arange(FEATURES), 2] = 1.0
+    for _ in range(2):
+        x = g.op("Conv", [x, g.const("sub_w", eye)], kernel_shape=[5], strides=[2], pads=[2, 2])
+    g.op("Identity", [x], out="encoded")
+    _encoded_len(g)
+    encoder = g.model("encoder", *_encoder_io(FEATURES))
+
+    # decoder: h' = h/2 + onehot(x) (blank -> 0), dec = h', c passed through
+    g = _Graph()
+    onehot = np.zeros((vocab, PRED_HIDDEN), dtype=np.float32)
+    onehot[np.arange(vocab - 1), np.arange(vocab - 1)] = 1.0
+    emb = g.transpose(g.op("Gather", [g.const("embedding", onehot), "x"], axis=0), (1, 0, 2))
+    g.op("Add", [g.scale("h.1", 0.5), emb], out="h")
+    g.op("Transpose", ["h"], out="dec", perm=[1, 0, 2])
+    g.op("Identity", ["c.1"], out="c")
+    decoder = g.model("decoder", *_decoder_io())
+
+    # joint: u_k = ReLU(logmel[band_k] + 30), v_k = ReLU(1000 mem_k - 400), logit_k = u_k - v_k;
+    # blank logit 32 (a token needs log-mel > 2), <unk> -1000
+    g = _Graph()
+    e, d = _joint_inputs(g)
+    select = np.zeros((FEATURES, vocab), dtype=np.float32)
+    memory = np.zeros((PRED_HIDDEN, vocab), dtype=np.float32)
+    offset = np.zeros(vocab, dtype=np.float32)
+    for k, token in enumerate(TONE_TOKENS, start=1):
+        select[_tone_band(token), k] = 1.0
+        memory[k, k] = 1000.0
+        offset[k] = 30.0
+    u = g.op("Relu", [g.matmul(e, select, offset, "band")])
+    v = g.op("Relu", [g.matmul(d, memory, np.full(vocab, -400.0, dtype=np.float32), "mute")])
+    fixed = np.zeros(vocab, dtype=np.float32)
+    fixed[0], fixed[vocab - 1] = -1000.0, 32.0
+    logits = g.op("Add", [g.op("Sub", [u, v]), g.const("fixed", fixed)])
+    _joint_tail(g, logits)
+    joint = g.model("joint", *_joint_io(FEATURES, vocab))
+    return encoder, decoder, joint
+
+
+def write_tone_model(path: Path, *, max_tokens_per_step: int = 10) -> Path:
+    """Write the deterministic 'tone' model (inference-reference.md §9.3).
+
+    Token i of TONE_TOKENS is emitted when the log-mel of band 8 + 5 i first exceeds 2 and
+    dominates; it is then muted until two other tokens were emitted. Use
+    `audio.tone_sequence(tokens)` to synthesise audio that decodes to exactly `tokens`.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    enc, dec, joint = _tone_models()
+    _save(enc, path / ENCODER)
+    _save(dec, path / DECODER)
+    _save(joint, path / JOINT)
+    _write_vocab(path / VOCAB, TONE_VOCAB)
+    _write_config(path / CONFIG, max_tokens_per_step)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# full-size random model (benchmarks)
+
+
+def model_cache_dir() -> Path:
+    """Where benchmark models are cached: $GIGASTT_TEST_CACHE or ~/.cache/gigastt-test."""
+    env = os.environ.get("GIGASTT_TEST_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "gigastt-test"
+
+
+def _full_vocab(size: int) -> tuple[str, ...]:
+    """`size` unique Russian-looking pieces: SMALL_VOCAB's, then '▁'-syllables and syllables."""
+    consonants = "бвгджзклмнпрстфхцчшщ"
+    vowels = "аеёиоуыэюя"
+    pieces = list(SMALL_VOCAB[:-1])
+    seen = set(pieces)
+    candidates = [f"▁{c}{v}" for c in consonants for v in vowels]
+    candidates += [f"{c}{v}" for c in consonants for v in vowels]
+    candidates += [f"▁{c.upper()}{v}" for c in consonants for v in vowels]
+    candidates += [f"{v}{c}" for v in vowels for c in consonants]
+    candidates += [f"▁{v}{c}" for v in vowels for c in consonants]
+    candidates += [f"▁{n}" for n in range(10, 100)]
+    for piece in candidates:
+        if len(pieces) == size - 1:
+            break
+        if piece not in seen:
+            seen.add(piece)
+            pieces.append(piece)
+    if len(pieces) != size - 1:
+        raise AssertionError("not enough vocabulary candidates")
+    return (*pieces, "<blk>")
+
+
+FULL_D_MODEL = 768
+FULL_LAYERS = 16
+FULL_HEADS = 16
+FULL_FF = 3072
+FULL_VOCAB_SIZE = 1025
+FULL_BLANK_BIAS = 4.0  # random joint: blank wins on most frames (~0.2-0.3 tokens per frame)
+FULL_DEC_GAIN = 1.0
+
+
+def _full_models(seed: int) -> tuple[Any, Any, Any]:
+    enc_rng, dec_rng, joint_rng = (np.random.default_rng([seed, 100 + i]) for i in range(3))
+    d, vocab = FULL_D_MODEL, FULL_VOCAB_SIZE
+
+    g = _Graph()
+    x = _subsampling(g, "audio_signal", d, enc_rng, math.sqrt(2.0), bias=True,
+                     zero_mean_input=True)
+    # small branch gains keep 16 random layers from collapsing all frames onto one vector
+    cfg = _Conformer(d_model=d, layers=FULL_LAYERS, heads=FULL_HEADS, d_ff=FULL_FF, norm=True,
+                     bias=True, ff_gain=0.15, attn_gain=0.15, conv_gain=0.15)
+    x = _conformer(g, g.transpose(x, (0, 2, 1)), cfg, enc_rng)
+    g.op("Transpose", [x], out="encoded", perm=[0, 2, 1])
+    _encoded_len(g)
+    encoder = g.model("encoder", *_encoder_io(d))
+
+    h = PRED_HIDDEN
+    emb = _normal(dec_rng, (vocab, h), 1.0)
+    emb[vocab - 1] = 0.0
+    decoder = _lstm_decoder(
+        emb,
+        _normal(dec_rng, (1, 4 * h, h), 1.0 / math.sqrt(h)),
+        _normal(dec_rng, (1, 4 * h, h), 1.0 / math.sqrt(h)),
+        _normal(dec_rng, (1, 8 * h), 0.1),
+    )
+
+    # the real joint: Linear(enc) + Linear(dec), ReLU, Linear, log-softmax
+    g = _Graph()
+    e, dd = _joint_inputs(g)
+    pre = g.op("Add", [
+        g.matmul(e, _normal(joint_rng, (d, h), 1.0 / math.sqrt(d)),
+                 _normal(joint_rng, (h,), 0.02), "enc_proj"),
+        g.matmul(dd, _normal(joint_rng, (h, h), FULL_DEC_GAIN / math.sqrt(h)),
+                 _normal(joint_rng, (h,), 0.02), "dec_proj"),
+    ])
+    w_out = _normal(joint_rng, (h, vocab), 4.0 / math.sqrt(h))
+    w_out[:, vocab - 1] *= 4.0  # the blank logit varies most from frame to frame
+    w_out[:, vocab - 1] -= w_out[:, vocab - 1].mean()
+    bias = np.zeros(vocab, dtype=np.float32)
+    bias[vocab - 1] = FULL_BLANK_BIAS
+    logits = g.matmul(g.op("Relu", [pre]), w_out, bias, "out")
+    _joint_tail(g, logits)
+    joint = g.model("joint", *_joint_io(d, vocab))
+    return encoder, decoder, joint
+
+
+def write_full_model(path: Path, *, seed: int = 0) -> Path:
+    """Write a full-size random-weight model with the real GigaAM v3 geometry (benchmarks only).
+
+    Encoder: real conv1d subsampling, 16 conformer layers (d_model 768, 16 heads with rotary
+    tables of 5000 positions, ff 3072, conv kernel 5 with LayerNorm) — about 885 MB.
+    Decoder: embedding 1025×320 + LSTM 320. Joint: 768/320 → 320 → 1025, log-softmax.
+    The weights are random: the text is meaningless, only the compute cost is realistic.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    enc, dec, joint = _full_models(seed)
+    _save(dec, path / DECODER)
+    _save(joint, path / JOINT)
+    _save(enc, path / ENCODER)
+    _write_vocab(path / VOCAB, _full_vocab(FULL_VOCAB_SIZE))
+    _write_config(path / CONFIG, 10)
+    return path
+
+
+def cached_full_model(seed: int = 0) -> Path:
+    """`write_full_model` into `model_cache_dir()/full-seed<seed>`, reused when complete."""
+    path = model_cache_dir() / f"full-seed{seed}"
+    marker = path / ".complete"
+    if marker.is_file():
+        return path
+    write_full_model(path, seed=seed)
+    marker.write_text("1\n", encoding="utf-8")
+    return path

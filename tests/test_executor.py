@@ -1,0 +1,100 @@
+"""The single inference thread: round-robin across sessions, cancellation, errors, load failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from gigastt.engine.executor import ExecutorClosed, InferenceExecutor
+
+
+class Resource:
+    def __init__(self) -> None:
+        self.log: list[str] = []
+        self.thread = threading.get_ident()
+        self.gate = threading.Event()
+
+
+def test_work_runs_on_the_thread_that_loaded_the_resource() -> None:
+    executor: InferenceExecutor[Resource] = InferenceExecutor(Resource)
+    resource = executor.start()
+    try:
+        assert executor.submit("s", lambda r: threading.get_ident()).result(5) == resource.thread
+        assert resource.thread != threading.get_ident()
+    finally:
+        executor.close(5)
+
+
+def test_sessions_are_served_round_robin() -> None:
+    executor: InferenceExecutor[Resource] = InferenceExecutor(Resource)
+    resource = executor.start()
+    try:
+        blocker = executor.submit("block", lambda r: r.gate.wait(5))
+        futures = [executor.submit("upload", lambda r, i=i: r.log.append(f"u{i}"))
+                   for i in range(4)]
+        futures += [executor.submit(f"stream{n}", lambda r, n=n: r.log.append(f"s{n}"))
+                    for n in range(2)]
+        resource.gate.set()
+        for f in [blocker, *futures]:
+            f.result(5)
+        # The upload queued four windows first, yet each stream is served after at most one.
+        assert resource.log == ["u0", "s0", "s1", "u1", "u2", "u3"]
+    finally:
+        executor.close(5)
+
+
+def test_cancelled_work_is_skipped_and_errors_reach_the_caller() -> None:
+    executor: InferenceExecutor[Resource] = InferenceExecutor(Resource)
+    resource = executor.start()
+    try:
+        blocker = executor.submit("a", lambda r: r.gate.wait(5))
+        skipped = executor.submit("a", lambda r: r.log.append("ran"))
+        assert skipped.cancel()
+        failing = executor.submit("b", lambda r: 1 / 0)
+        resource.gate.set()
+        blocker.result(5)
+        with pytest.raises(ZeroDivisionError):
+            failing.result(5)
+        assert executor.submit("c", lambda r: 42).result(5) == 42
+        assert resource.log == []
+    finally:
+        executor.close(5)
+
+
+def test_async_run_and_cancellation_from_the_event_loop() -> None:
+    executor: InferenceExecutor[Resource] = InferenceExecutor(Resource)
+    resource = executor.start()
+
+    async def main() -> None:
+        blocker = asyncio.ensure_future(executor.run("a", lambda r: r.gate.wait(5)))
+        waiting = asyncio.ensure_future(executor.run("b", lambda r: r.log.append("late")))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        await asyncio.sleep(0.05)  # cancellation reaches the thread-side future a few steps later
+        resource.gate.set()
+        await blocker
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert await executor.run("c", lambda r: "ok") == "ok"
+
+    try:
+        asyncio.run(main())
+        assert resource.log == []
+    finally:
+        executor.close(5)
+
+
+def test_load_failure_is_raised_by_start_and_close_rejects_new_work() -> None:
+    def broken() -> Resource:
+        raise RuntimeError("no model")
+
+    with pytest.raises(RuntimeError, match="no model"):
+        InferenceExecutor(broken).start()
+    executor: InferenceExecutor[Resource] = InferenceExecutor(Resource)
+    executor.start()
+    executor.close(5)
+    with pytest.raises(ExecutorClosed):
+        executor.submit("a", lambda r: None)
