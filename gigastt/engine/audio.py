@@ -233,8 +233,8 @@ def _walk_chunks(buf: memoryview) -> tuple[_WavFormat, int, int]:
                 raise MalformedWavError(
                     f"{magic.decode()} file: the first chunk must be 'ds64', found {cid!r}"
                 )
-            if size < 24:
-                raise MalformedWavError(f"'ds64' chunk is {size} bytes; at least 24 are required")
+            if size < 28:
+                raise MalformedWavError(f"'ds64' chunk is {size} bytes; at least 28 are required")
             if size > remaining:
                 raise MalformedWavError(
                     f"'ds64' chunk declares {size} bytes but only {remaining} remain in the file"
@@ -282,13 +282,17 @@ def _walk_chunks(buf: memoryview) -> tuple[_WavFormat, int, int]:
     return fmt, data_at[0], data_at[1]
 
 
-def _convert(raw: memoryview, fmt: _WavFormat) -> F32:
-    """Interleaved little-endian samples → float32 mono (mean of channels)."""
+def _convert(buf: memoryview, offset: int, size: int, fmt: _WavFormat) -> F32:
+    """Interleaved little-endian samples at ``buf[offset:offset+size]`` → float32 mono."""
     channels = fmt.channels
+    count = size // (fmt.bits // 8)
     if fmt.tag == _TAG_FLOAT:
-        src = np.frombuffer(raw, dtype="<f4" if fmt.bits == 32 else "<f8")
+        src = np.frombuffer(
+            buf, dtype="<f4" if fmt.bits == 32 else "<f8", count=count, offset=offset
+        )
         # A float64 beyond float32 range becomes ±Inf here and is rejected with the rest.
-        interleaved = src.astype(np.float32)
+        with np.errstate(over="ignore"):
+            interleaved = src.astype(np.float32)
         finite = np.isfinite(interleaved)
         if not finite.all():
             bad = int(finite.size - np.count_nonzero(finite))
@@ -299,17 +303,20 @@ def _convert(raw: memoryview, fmt: _WavFormat) -> F32:
             )
         return _mix_down(interleaved, channels, 1.0, 0.0)
     if fmt.bits == 8:
-        return _mix_down(np.frombuffer(raw, dtype=np.uint8), channels, 1.0 / 128.0, -1.0)
+        src8 = np.frombuffer(buf, dtype=np.uint8, count=count, offset=offset)
+        return _mix_down(src8, channels, 1.0 / 128.0, -1.0)
     if fmt.bits == 16:
-        return _mix_down(np.frombuffer(raw, dtype="<i2"), channels, 2.0**-15, 0.0)
+        src16 = np.frombuffer(buf, dtype="<i2", count=count, offset=offset)
+        return _mix_down(src16, channels, 2.0**-15, 0.0)
     if fmt.bits == 24:
-        # Put each 3-byte sample in the top of an int32 (low byte zero): the int32's own sign
-        # bit then does the sign extension, and 2^-31 scales it (same as the sample / 2^23).
-        triples = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3)
-        widened = np.zeros((triples.shape[0], 4), dtype=np.uint8)
-        widened[:, 1:] = triples
-        return _mix_down(widened.view("<i4").reshape(-1), channels, 2.0**-31, 0.0)
-    return _mix_down(np.frombuffer(raw, dtype="<i4"), channels, 2.0**-31, 0.0)
+        # Read each 3-byte sample as the top three bytes of an int32 that starts one byte
+        # earlier (a 3-byte-strided view; the data chunk header guarantees that byte exists),
+        # then clear the borrowed low byte. The int32's sign bit does the sign extension and
+        # 2^-31 scales it, exactly sample / 2^23. Faster than widening a (n, 3) uint8 view.
+        shifted = np.ndarray((count,), dtype="<i4", buffer=buf, offset=offset - 1, strides=(3,))
+        return _mix_down(shifted & np.int32(-256), channels, 2.0**-31, 0.0)
+    src32 = np.frombuffer(buf, dtype="<i4", count=count, offset=offset)
+    return _mix_down(src32, channels, 2.0**-31, 0.0)
 
 
 def _mix_down(interleaved: npt.NDArray[Any], channels: int, scale: float, offset: float) -> F32:
@@ -366,7 +373,7 @@ def read_wav(
         )
     frames = size // fmt.block_align
     _check_duration(frames, fmt.rate, max_seconds)
-    samples = _convert(buf[offset : offset + size], fmt)
+    samples = _convert(buf, offset, size, fmt)
     return DecodedAudio(samples=samples, rate=fmt.rate, channels=fmt.channels)
 
 
@@ -473,7 +480,7 @@ def _finite_mean(frames: F32, rate: int, label: str) -> F32:
     return _mix_down(np.ascontiguousarray(frames).reshape(-1), frames.shape[1], 1.0, 0.0)
 
 
-# PyAV sample formats → (numpy dtype, scale, offset) to float in [-1, 1)
+# PyAV sample formats (packed names) → (scale, offset) to float in [-1, 1)
 _AV_SCALES: dict[str, tuple[float, float]] = {
     "u8": (1.0 / 128.0, -1.0),
     "s16": (2.0**-15, 0.0),
@@ -568,10 +575,14 @@ def decode_audio(
         try:
             return read_wav(buf, max_seconds=max_seconds)
         except UnsupportedFormatError as exc:
-            sf = _load_soundfile() if exc.extra == _FORMATS_EXTRA else None
-            if sf is None:
+            # A WAV codec we lack (µ-law, ADPCM…): libsndfile decodes those, and so does FFmpeg.
+            if exc.extra != _FORMATS_EXTRA:
                 raise
-            return _decode_soundfile(sf, buf, max_seconds, "WAV")
+            if (sf := _load_soundfile()) is not None:
+                return _decode_soundfile(sf, buf, max_seconds, "WAV")
+            if (av := _load_av()) is not None:
+                return _decode_av(av, buf, max_seconds, "WAV")
+            raise
     kind = _sniff(head)
     sf = _load_soundfile()
     av = _load_av()
@@ -739,8 +750,9 @@ class Resampler:
     Feed any number of chunks to :meth:`process`, then call :meth:`flush`; the concatenated
     output equals :func:`resample` of the whole signal (to float32 rounding) and has
     ``ceil(N·out_rate/in_rate)`` samples. After :meth:`flush` the object is ready for a new
-    stream. Output lags input by about ``ZEROS`` periods of the lower Nyquist rate (2 ms at
-    16 kHz output), which is the look-ahead a zero-phase filter needs.
+    stream. Output lags input by the look-ahead a zero-phase filter needs (32 zero crossings,
+    2–4 ms) plus at most one block of outputs computed together: 6 ms (24/32/48 kHz) to 43 ms
+    (11.025 kHz) at common rates. Not thread-safe: one instance per stream.
     """
 
     __slots__ = ("_base", "_buf", "_n_in", "_n_out", "_plan", "in_rate", "out_rate")
@@ -811,7 +823,7 @@ class Resampler:
         rows = stop - first
         if rows <= 0:
             return np.zeros(0, dtype=np.float32)
-        out = np.empty((rows, width), dtype=np.float64)
+        out = np.empty((rows, width), dtype=np.float32)
         buf = self._buf
         start = first * stride - self._base
         batch = max(1, _BATCH_ENTRIES // plan.span)
@@ -824,10 +836,10 @@ class Resampler:
             # Overlapping rows are not BLAS-compatible, so copy (to float64: the float64 sum
             # makes every output independent of how the stream was chunked, to the last bit
             # in all but rare rounding ties).
-            np.matmul(np.ascontiguousarray(view, dtype=np.float64), block, out=out[r0:r1])
+            out[r0:r1] = np.ascontiguousarray(view, dtype=np.float64) @ block
         self._n_out += rows * width
         self._drop_before(stop * stride)
-        return out.reshape(-1).astype(np.float32)
+        return out.reshape(-1)
 
     def _emit_gather(self, plan: _Plan, end: int) -> F32:
         # Output n needs x_pad[q_n .. q_n + 2J]: n < ceil((end − 2J)·L/M).

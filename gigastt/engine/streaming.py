@@ -111,10 +111,13 @@ class StreamingRecognizer:
             if frames > keep:
                 self._restart((frames - keep) * FRAME_SAMPLES, done.samples.shape[0])
             return []
-        if frames - 1 - tokens[-1].frame >= self._endpoint_frames:
-            cut = min(tokens[-1].frame + 1 + _RESTART_FRAMES, frames) * FRAME_SAMPLES
-            self._restart(cut)
-            return [Segment("final", tuple(words))]
+        end = self._endpoint(tokens, frames)
+        if end is not None:
+            final = self._vocab.words(tokens[: end + 1], frame_offset=self._offset_frames)
+            cut = min(tokens[end].frame + 1 + _RESTART_FRAMES, frames) * FRAME_SAMPLES
+            # Tokens after the pause are recognised again, at once, in the next utterance.
+            self._restart(cut, done.samples.shape[0] if end == len(tokens) - 1 else 0)
+            return [Segment("final", tuple(final))] if final else []
         if done.samples.shape[0] > self._max_samples:
             return self._cap(done, tokens)
         text = " ".join(w.word for w in words)
@@ -122,6 +125,18 @@ class StreamingRecognizer:
             return []
         self._last_text = text
         return [Segment("partial", tuple(words))]
+
+    def _endpoint(self, tokens: list[Token], frames: int) -> int | None:
+        """Index of the last token before the first pause of ``endpoint_silence``, if any.
+
+        Pauses are looked for between tokens too, not only at the end: a client that sends audio
+        faster than real time delivers several utterances to one pass.
+        """
+        for i, token in enumerate(tokens):
+            following = tokens[i + 1].frame if i + 1 < len(tokens) else frames
+            if following - 1 - token.frame >= self._endpoint_frames:
+                return i
+        return None
 
     def _cap(self, done: Pass, tokens: list[Token]) -> list[Segment]:
         length = done.samples.shape[0]

@@ -31,6 +31,9 @@ from gigastt.server.http import Headers, Request, Response, SwitchProtocols, pla
 from gigastt.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
+# websockets logs every connection close at INFO; only its warnings matter to operators.
+_protocol_log = logging.getLogger(__name__ + ".protocol")
+_protocol_log.setLevel(logging.WARNING)
 
 READ_SIZE = 64 * 1024
 MAX_EMPTY_FRAMES = 1000
@@ -78,7 +81,7 @@ def upgrade(request: Request, settings: SessionSettings) -> SwitchProtocols | Re
     # Created OPEN so that its parser reads frames from the first byte after our 101
     # (stack.md §3, pattern 3); Origin is decided by our own policy, not by websockets.
     ws = ServerProtocol(state=State.OPEN, origins=None, extensions=None,
-                        max_size=settings.frame_max, logger=log)
+                        max_size=settings.frame_max, logger=_protocol_log)
     response = ws.accept(WsRequest(request.path, headers))
     if response.status_code != 101:
         return plain_response(response.status_code, bytes(response.body or b""), close=False)
@@ -106,12 +109,16 @@ class Session:
         self.audio_received = False
         self.carry = b""
         self.empty_frames = 0
-        self.frames: asyncio.Queue[Frame | None] = asyncio.Queue(QUEUE_FRAMES)
+        # Unbounded so that the end marker can always be queued; the reader itself stops
+        # reading the socket while QUEUE_FRAMES frames wait (back-pressure).
+        self.frames: asyncio.Queue[Frame | None] = asyncio.Queue()
+        self.room = asyncio.Event()
         self.pass_task: asyncio.Task[list[Token]] | None = None
         self.current: Pass | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.last_activity = 0.0
         self.ping_window = (0.0, 0)
+        self.fragments: tuple[Opcode, list[bytes]] | None = None
 
     # --- I/O edges ------------------------------------------------------------------------
 
@@ -157,6 +164,8 @@ class Session:
         """Socket → protocol → queue. Ends with ``None`` on EOF, error or a protocol failure."""
         data = first
         try:
+            if not data:
+                data = await reader.read(READ_SIZE)
             while True:
                 if data:
                     self.ws.receive_data(data)
@@ -171,15 +180,23 @@ class Session:
                         self.ws.send_close(1008, "ping flood")
                         self._flush()
                         return
-                    await self.frames.put(event)
+                    self.frames.put_nowait(event)
                 await self._drain()  # automatic pongs and close replies, with back-pressure
                 if not data or self.ws.state is State.CLOSED or self.ws.parser_exc:
                     break
+                while self.frames.qsize() >= QUEUE_FRAMES:
+                    self.room.clear()
+                    await self.room.wait()
                 data = await reader.read(READ_SIZE)
         except (ConnectionError, EOFError, _Closed):
             pass
         finally:
-            await self.frames.put(None)
+            self.frames.put_nowait(None)
+
+    async def _next_frame(self) -> Frame | None:
+        frame = await self.frames.get()
+        self.room.set()
+        return frame
 
     def _ping_flood(self) -> bool:
         second, count = self.ping_window
@@ -290,7 +307,7 @@ class Session:
                 if next_ping is not None:
                     waits.append(next_ping - now)
                 if getter is None:
-                    getter = asyncio.ensure_future(self.frames.get())
+                    getter = asyncio.ensure_future(self._next_frame())
                 pending: set[asyncio.Future[Any]] = {getter, stop}
                 if self.pass_task is not None:
                     pending.add(self.pass_task)
@@ -312,17 +329,30 @@ class Session:
 
     async def _on_frame(self, frame: Frame) -> bool:
         """Handle one client frame; True when the session is over."""
-        if frame.opcode is Opcode.TEXT:
-            return await self._on_text(bytes(frame.data))
-        if frame.opcode is Opcode.BINARY:
-            return await self._on_audio(bytes(frame.data))
-        # A client Close ends the session; websockets has already echoed it (RFC 6455 §5.5.1).
-        return frame.opcode is Opcode.CLOSE
+        if frame.opcode in (Opcode.TEXT, Opcode.BINARY):
+            self.fragments = (frame.opcode, [bytes(frame.data)])
+        elif frame.opcode is Opcode.CONT and self.fragments is not None:
+            self.fragments[1].append(bytes(frame.data))
+        else:
+            # A client Close ends the session; websockets already echoed it (RFC 6455 §5.5.1).
+            return frame.opcode is Opcode.CLOSE
+        if not frame.fin:
+            return False  # websockets enforces the size cap on the whole message
+        opcode, parts = self.fragments
+        self.fragments = None
+        if opcode is Opcode.BINARY:
+            return await self._on_audio(b"".join(parts))
+        try:
+            text = b"".join(parts).decode("utf-8")
+        except UnicodeDecodeError:
+            await self._close(1007, "invalid UTF-8")
+            return True
+        return await self._on_text(text)
 
-    async def _on_text(self, data: bytes) -> bool:
-        message = protocol.parse_control(data.decode("utf-8"))
+    async def _on_text(self, text: str) -> bool:
+        message = protocol.parse_control(text)
         if message is None:
-            log.debug("ws %s: ignored text message of %d bytes", self.rid, len(data))
+            log.debug("ws %s: ignored text message of %d characters", self.rid, len(text))
             return False
         if isinstance(message, protocol.Stop):
             log.info("ws %s: stop", self.rid)
@@ -400,12 +430,11 @@ class Session:
 
     async def _end(self, code: int, reason: str) -> None:
         """The session's last words: the pending pass, a final pass, the final, then Close."""
-        if self.pass_task is not None:
+        # Passes already due run first (each may endpoint); no new audio arrives meanwhile,
+        # so this ends once the recognizer has caught up with the buffer.
+        while self.pass_task is not None:
             await asyncio.wait({self.pass_task})
             await self._pass_done()
-            if self.pass_task is not None:  # _pass_done may have started another
-                self.pass_task.cancel()
-                self.pass_task = self.current = None
         words: tuple[Any, ...] = ()
         if self.recognizer is not None:
             job = self.recognizer.finish()

@@ -32,7 +32,7 @@ def _n_samples(seconds: float, rate: int) -> int:
         raise ValueError(f"negative duration: {seconds}")
     if rate <= 0:
         raise ValueError(f"invalid sample rate: {rate}")
-    return int(round(seconds * rate))
+    return round(seconds * rate)
 
 
 def silence(seconds: float, rate: int = 16000) -> F32:
