@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import socket
 import sys
 from typing import TextIO
@@ -75,7 +76,13 @@ def run_server(config: ServeConfig) -> int:
     except OSError as exc:
         return _fail(exc.strerror or str(exc))
     finally:
-        executor.close(timeout=5.0)
+        # The loop is gone and with it our handlers; a late signal must not kill the process
+        # while it finishes (decision D1: signals during the drain are ignored).
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+        # The drain window is over: a window still being recognised is not waited for long
+        # (the thread is a daemon; its result has nobody left to go to).
+        executor.close(timeout=1.0)
 
 
 async def _serve(config: ServeConfig, executor: InferenceExecutor[Recognizer],
@@ -173,6 +180,7 @@ def _reload(state: routes.ServerState) -> None:
     log.info("config reloaded: idle timeout %ss -> %ss, rate limit %s -> %s rpm",
              old.idle_timeout_secs, limits.idle_timeout_secs, old.rate_limit_per_minute,
              limits.rate_limit_per_minute)
+    log.info("limits now: %s", ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(limits).items()))
 
 
 async def _refuse(writer: asyncio.StreamWriter) -> None:
