@@ -1,4 +1,4 @@
-"""Signals against a real server process: SIGTERM/SIGINT drain, SIGHUP reload (server.md §8, §13.4; D1, D12).
+"""Real signals against a real server: SIGTERM/SIGINT drain and SIGHUP reload (server.md §8; D1, D12).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from websockets.exceptions import ConnectionClosed
 
