@@ -199,3 +199,71 @@ def test_model_info_reports_sizes(recognizer: Recognizer) -> None:
     info = recognizer.model.info
     assert info.encoder == "fp32" and info.pred_hidden == 320
     assert info.vocab_size == len(recognizer.model.vocab)
+
+
+# --- other WAV encodings and rates of the same clips -----------------------------------------
+
+
+def _cer(hyp: str, ref: str) -> tuple[int, int]:
+    row = list(range(len(ref) + 1))
+    for i, ch in enumerate(hyp, 1):
+        prev, row[0] = row[0], i
+        for j, cr in enumerate(ref, 1):
+            cur = min(row[j] + 1, row[j - 1] + 1, prev + (ch != cr))
+            prev, row[j] = row[j], cur
+    return row[len(ref)], len(ref)
+
+
+@requires_golos
+def test_lossless_encodings_give_identical_transcripts(recognizer: Recognizer) -> None:
+    from gigastt.engine.audio import load_audio
+    from gigastt.testing.audio import wav_bytes
+
+    for clip in CLIPS:
+        x = read_pcm16(clip)
+        expected = recognizer.transcribe(x)
+        for data in (wav_bytes(np.stack([x, x], 1), 16000, channels=2),
+                     wav_bytes(x, 16000, sample_format="float32"),
+                     wav_bytes(x, 16000, sample_format="float64"),
+                     wav_bytes(x, 16000, sample_format="pcm24"),
+                     wav_bytes(x, 16000, sample_format="pcm32")):
+            assert recognizer.transcribe(load_audio(data)) == expected, clip.name
+
+
+@requires_golos
+def test_resampled_inputs_character_error_rate(recognizer: Recognizer) -> None:
+    """Clips resampled to other rates and back: the CER against the 16 kHz transcript.
+
+    The generated model normalises each mel band by the clip's own level, so it reacts to the
+    loss of the 7.5–8 kHz band (and, at 8 kHz, of everything above 4 kHz) far more than a real
+    model would; the bounds catch a broken resampler, the printed figures are the measurement.
+    """
+    from gigastt.engine.audio import load_audio, resample
+    from gigastt.testing.audio import wav_bytes
+
+    bounds = {8000: 0.8, 22050: 0.4, 44100: 0.4, 48000: 0.4}
+    for rate, bound in bounds.items():
+        errors = total = 0
+        for clip in CLIPS:
+            x = read_pcm16(clip)
+            hyp = recognizer.transcribe(load_audio(wav_bytes(resample(x, 16000, rate), rate)))
+            e, n = _cer(hyp.text, recognizer.transcribe(x).text)
+            errors, total = errors + e, total + n
+        print(f"CER {rate} Hz vs 16 kHz: {errors / total:.3f}")
+        assert errors / total < bound
+
+
+def test_tone_transcripts_survive_any_input_rate(tone_model: Path) -> None:
+    from gigastt.engine.audio import load_audio, resample
+    from gigastt.testing.audio import tone_sequence, wav_bytes
+
+    tone = Recognizer(GigaamModel(tone_model))
+    audio = tone_sequence(["▁При", "вет", ",", "▁как", "▁де", "ла", "?"])
+    expected = tone.transcribe(audio)
+    assert expected.text == "Привет, как дела?"
+    for rate in (11025, 22050, 24000, 32000, 44100, 48000, 37800):
+        for fmt in ("pcm16", "float32"):
+            got = tone.transcribe(load_audio(wav_bytes(resample(audio, 16000, rate), rate,
+                                                       sample_format=fmt)))
+            assert got.text == expected.text, (rate, fmt)
+            assert [w.start for w in got.words] == [w.start for w in expected.words]

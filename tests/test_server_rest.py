@@ -343,3 +343,46 @@ def test_ipv6_loopback_and_localhost_bind(small_model: Path) -> None:
             assert proc.request("GET", "/health").status == 200
         finally:
             assert proc.stop() == 0
+
+
+def test_event_loop_stays_responsive_while_the_executor_is_busy(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """/health latency while four 60 s files are transcribed (generous bound; figures printed)."""
+    import http.client
+    import statistics
+    import threading
+
+    from gigastt.testing.models import write_small_model
+
+    model = write_small_model(tmp_path_factory.mktemp("medium"), d_model=256, layers=4)
+    proc = ServerProcess(model, "--threads", "1")
+    try:
+        body = wav_bytes(speech_like(60.0, seed=4))
+        statuses: list[int] = []
+        uploads = [threading.Thread(target=lambda: statuses.append(
+            proc.request("POST", "/v1/transcribe", body, timeout=120).status))
+            for _ in range(4)]
+        for t in uploads:
+            t.start()
+        latencies: list[float] = []
+        conn = http.client.HTTPConnection(proc.host, proc.port, timeout=10)
+        time.sleep(0.3)
+        while any(t.is_alive() for t in uploads):
+            started = time.perf_counter()
+            conn.request("GET", "/health")
+            assert conn.getresponse().read()
+            latencies.append(time.perf_counter() - started)
+            time.sleep(0.02)
+        conn.close()
+        for t in uploads:
+            t.join()
+        assert statuses == [200] * 4
+        latencies.sort()
+        p50 = statistics.median(latencies)
+        p99 = latencies[int(len(latencies) * 0.99) - 1] if len(latencies) > 1 else latencies[0]
+        print(f"/health under load: n={len(latencies)} p50={p50 * 1000:.1f} ms "
+              f"p99={p99 * 1000:.1f} ms max={latencies[-1] * 1000:.1f} ms")
+        assert len(latencies) >= 10
+        assert latencies[-1] < 1.0
+    finally:
+        assert proc.stop() == 0
