@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gigastt.engine.decoding import greedy_decode_reference
 from gigastt.engine.model import DECODER_FILE, VOCAB_FILE, GigaamModel, ModelError
 from gigastt.engine.recognizer import FRAME_SAMPLES, Recognizer, Window, split_windows
 from gigastt.engine.tokenizer import WORD_START
@@ -107,10 +108,26 @@ def test_per_frame_cap_matches_onnx_asr_on_a_saturating_model(
 def test_batched_blank_runs_equal_the_plain_loop(
     kind: str, recognizer: Recognizer, saturating_model: Path
 ) -> None:
+    """The span-batched joint calls give exactly the tokens of the one-call-per-step loop."""
     r = recognizer if kind == "small" else Recognizer(GigaamModel(saturating_model))
     for clip in CLIPS:
         samples = read_pcm16(clip)
-        assert r.tokens(samples) == r.tokens(samples, batch_blank_runs=False), clip.name
+        reference = greedy_decode_reference(r.model, r.encode(samples))
+        assert r.tokens(samples) == reference, clip.name
+
+
+@requires_golos
+@pytest.mark.parametrize("kind", ["small", "saturating"])
+def test_lock_step_decoding_of_many_utterances_equals_one_by_one(
+    kind: str, recognizer: Recognizer, saturating_model: Path
+) -> None:
+    """Utterances of different lengths sharing joint/decoder calls decode as if alone."""
+    r = recognizer if kind == "small" else Recognizer(GigaamModel(saturating_model))
+    windows = [read_pcm16(clip) for clip in CLIPS] + [np.zeros(100, np.float32)]
+    alone = [r.tokens(w) for w in windows]
+    assert r.tokens_many(windows) == alone
+    assert r.tokens_many(windows[::-1]) == alone[::-1]
+    assert sum(map(len, alone)) > 0
 
 
 def test_silence_decodes_to_nothing(recognizer: Recognizer) -> None:

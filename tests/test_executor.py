@@ -98,3 +98,28 @@ def test_load_failure_is_raised_by_start_and_close_rejects_new_work() -> None:
     executor.close(5)
     with pytest.raises(ExecutorClosed):
         executor.submit("a", lambda r: None)
+
+
+def test_batchable_items_of_different_sessions_are_served_together_live_first() -> None:
+    batches: list[list[str]] = []
+
+    def batch(resource: Resource, items: list[str]) -> list[str]:
+        batches.append(items)
+        return [item.upper() for item in items]
+
+    executor: InferenceExecutor[Resource] = InferenceExecutor(Resource, batch=batch)
+    resource = executor.start()
+    try:
+        blocker = executor.submit("block", lambda r: r.gate.wait(5))
+        bulk = [executor.submit_item("upload", f"u{i}") for i in range(3)]
+        live = [executor.submit_item(f"s{n}", f"s{n}", live=True) for n in range(3)]
+        plain = executor.submit("x", lambda r: "plain")
+        resource.gate.set()
+        assert blocker.result(5) is True
+        assert [f.result(5) for f in live] == ["S0", "S1", "S2"]
+        assert [f.result(5) for f in bulk] == ["U0", "U1", "U2"]
+        assert plain.result(5) == "plain"
+        # Live sessions first, in one batch; one item per session per batch (fairness).
+        assert batches == [["s0", "s1", "s2"], ["u0"], ["u1"], ["u2"]]
+    finally:
+        executor.close(5)

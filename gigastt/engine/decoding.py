@@ -1,9 +1,13 @@
-"""Greedy RNN-T decoding of one utterance's encoder frames (the model authors' algorithm).
+"""Greedy RNN-T decoding (the model authors' algorithm), for one utterance or several in lock-step.
 
-Blank runs are scored in batched joint calls, which is exact because the decoder state is fixed.
+Blank runs are scored in batched joint calls and several utterances share each joint and decoder
+call; both are exact because every batch row is computed independently (guarded by tests).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -12,66 +16,118 @@ from gigastt.engine.model import GigaamModel
 from gigastt.engine.tokenizer import Token
 
 MAX_SYMBOLS_PER_FRAME = 10
-# Rows per batched joint call during a blank run: small after an emission (tokens come every few
-# frames in speech), doubling through long silences. The per-call overhead dominates, not rows.
+# Frames scored per joint call while looking for the next token: few after an emission (tokens
+# come every few frames in speech), doubling through silence. Call overhead dominates, not rows.
 _FIRST_SPAN, _MAX_SPAN = 8, 256
 
 F32 = npt.NDArray[np.float32]
 
 
-def greedy_decode(
-    model: GigaamModel,
-    encoded: F32,
-    *,
-    max_symbols: int = MAX_SYMBOLS_PER_FRAME,
-    batch_blank_runs: bool = True,
-) -> list[Token]:
-    """Decode ``encoded`` ``[D, T']`` (valid frames only) into tokens.
+@dataclass(slots=True)
+class _Row:
+    """Decoding state of one utterance."""
 
-    Up to ``max_symbols`` tokens per frame; the decoder state advances only on emitted tokens
-    and its output is cached through blank runs.
+    frames: F32  # [T', D, 1]: encoder frames, channels first per frame
+    dec: F32  # [H, 1]: decoder output for the last emitted token (cached through blank runs)
+    h: F32  # [1, 1, H]
+    c: F32
+    t: int = 0
+    emitted: int = 0  # tokens already emitted on frame t
+    span: int = _FIRST_SPAN
+    tokens: list[Token] = field(default_factory=list)
+
+
+def greedy_decode_many(
+    model: GigaamModel, encoded: Sequence[F32], *, max_symbols: int = MAX_SYMBOLS_PER_FRAME
+) -> list[list[Token]]:
+    """Decode each ``[D, T']`` array (valid frames only) into tokens, all in lock-step.
+
+    Per utterance: up to ``max_symbols`` tokens per frame; the decoder state advances only on
+    emitted tokens. Each round makes one joint call for every utterance still running (each
+    scoring a span of frames with its cached decoder output) and one decoder call for those that
+    emitted a token.
     """
     blank = model.vocab.blank
     hidden = model.pred_hidden
-    frames = encoded.shape[1]
-    enc_frames = np.ascontiguousarray(encoded.T)[:, :, None]  # [T', D, 1]
-    token_in = np.full((1, 1), blank, dtype=np.int64)
-    h = np.zeros((1, 1, hidden), dtype=np.float32)
-    c = np.zeros((1, 1, hidden), dtype=np.float32)
-    dec, h_next, c_next = model.decode_step(token_in, h, c)
-    dec_col = np.ascontiguousarray(dec.transpose(0, 2, 1))  # [1, H, 1]
-
-    tokens: list[Token] = []
-    t = 0
-    span = _FIRST_SPAN
-    while t < frames:
-        if batch_blank_runs:
-            end = min(frames, t + span)
-            scores = model.joint_scores(
-                enc_frames[t:end], np.broadcast_to(dec_col, (end - t, hidden, 1))
-            )
-            best = scores.argmax(axis=1)
-            hits = np.flatnonzero(best != blank)
+    start = model.decode_step(
+        np.full((len(encoded), 1), blank, dtype=np.int64),
+        np.zeros((1, len(encoded), hidden), dtype=np.float32),
+        np.zeros((1, len(encoded), hidden), dtype=np.float32),
+    )
+    rows = [
+        _Row(frames=np.ascontiguousarray(e.T)[:, :, None], dec=start[0][i].T.copy(),
+             h=start[1][:, i : i + 1].copy(), c=start[2][:, i : i + 1].copy())
+        for i, e in enumerate(encoded)
+    ]
+    active = [row for row in rows if row.frames.shape[0] > 0]
+    while active:
+        spans = [min(row.span, row.frames.shape[0] - row.t) for row in active]
+        pairs = list(zip(active, spans, strict=True))
+        enc = np.concatenate([row.frames[row.t : row.t + n] for row, n in pairs])
+        dec = np.concatenate(
+            [np.broadcast_to(row.dec, (n, hidden, 1)) for row, n in pairs]
+        )
+        scores = model.joint_scores(enc, dec)
+        emitting: list[_Row] = []
+        offset = 0
+        for row, n in pairs:
+            block = scores[offset : offset + n]
+            offset += n
+            hits = np.flatnonzero(block.argmax(axis=1) != blank)
             if hits.size == 0:
-                t = end
-                span = min(span * 2, _MAX_SPAN)
+                row.t += n
+                row.emitted = 0
+                row.span = min(row.span * 2, _MAX_SPAN)
                 continue
-            t += int(hits[0])
-            row = scores[hits[0]]
-            span = _FIRST_SPAN
-        else:
-            row = model.joint_scores(enc_frames[t : t + 1], dec_col)[0]
-        k = int(row.argmax())
-        emitted = 0
-        while k != blank:
+            j = int(hits[0])
+            if j:
+                row.t += j
+                row.emitted = 0
+            k = int(block[j].argmax())
+            row.tokens.append(Token(id=k, frame=row.t, logp=float(block[j, k])))
+            row.emitted += 1
+            row.span = _FIRST_SPAN
+            emitting.append(row)
+        if emitting:
+            tokens = np.array([[row.tokens[-1].id] for row in emitting], dtype=np.int64)
+            h = np.concatenate([row.h for row in emitting], axis=1)
+            c = np.concatenate([row.c for row in emitting], axis=1)
+            dec_out, h_out, c_out = model.decode_step(tokens, h, c)
+            for i, row in enumerate(emitting):
+                row.dec = dec_out[i].T.copy()
+                row.h, row.c = h_out[:, i : i + 1].copy(), c_out[:, i : i + 1].copy()
+                if row.emitted == max_symbols:
+                    row.t += 1
+                    row.emitted = 0
+        active = [row for row in active if row.t < row.frames.shape[0]]
+    return [row.tokens for row in rows]
+
+
+def greedy_decode(
+    model: GigaamModel, encoded: F32, *, max_symbols: int = MAX_SYMBOLS_PER_FRAME
+) -> list[Token]:
+    """Decode one ``[D, T']`` array into tokens."""
+    return greedy_decode_many(model, [encoded], max_symbols=max_symbols)[0]
+
+
+def greedy_decode_reference(
+    model: GigaamModel, encoded: F32, *, max_symbols: int = MAX_SYMBOLS_PER_FRAME
+) -> list[Token]:
+    """The plain frame-by-frame loop, one joint call per step: the oracle the batched paths are
+    tested against."""
+    blank, hidden = model.vocab.blank, model.pred_hidden
+    frames = np.ascontiguousarray(encoded.T)[:, :, None]
+    token_in = np.full((1, 1), blank, dtype=np.int64)
+    dec, h, c = model.decode_step(token_in, np.zeros((1, 1, hidden), np.float32),
+                                  np.zeros((1, 1, hidden), np.float32))
+    tokens: list[Token] = []
+    for t in range(frames.shape[0]):
+        for _ in range(max_symbols):
+            row = model.joint_scores(frames[t : t + 1], dec.transpose(0, 2, 1))[0]
+            k = int(row.argmax())
+            if k == blank:
+                break
             tokens.append(Token(id=k, frame=t, logp=float(row[k])))
             token_in[0, 0] = k
-            dec, h_next, c_next = model.decode_step(token_in, h_next, c_next)
-            dec_col = np.ascontiguousarray(dec.transpose(0, 2, 1))
-            emitted += 1
-            if emitted == max_symbols:
-                break
-            row = model.joint_scores(enc_frames[t : t + 1], dec_col)[0]
-            k = int(row.argmax())
-        t += 1
+            dec, h, c = model.decode_step(token_in, h, c)
     return tokens

@@ -5,13 +5,13 @@ Windows keep the encoder near its trained length and below its 200 s limit (infe
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from gigastt.engine.decoding import MAX_SYMBOLS_PER_FRAME, greedy_decode
+from gigastt.engine.decoding import MAX_SYMBOLS_PER_FRAME, greedy_decode_many
 from gigastt.engine.features import SAMPLE_RATE, log_mel
 from gigastt.engine.model import GigaamModel
 from gigastt.engine.tokenizer import Token, join_words
@@ -66,21 +66,29 @@ class Recognizer:
         self.model = model
         self.max_symbols = max_symbols
 
-    def tokens(self, samples: F32, *, batch_blank_runs: bool = True) -> list[Token]:
-        """Greedy tokens of one window of 16 kHz audio (frames relative to its start)."""
+    def encode(self, samples: F32) -> F32:
+        """Encoder frames ``[D, T']`` of one window of 16 kHz audio (none if under 20 ms).
+
+        Windows are encoded one at a time: the exported encoder has no attention mask, and even
+        equal-length batches differ from B = 1 in the last bits while saving no time on the CPU
+        (docs/benchmarks.md).
+        """
         features = log_mel(samples)
         if features.shape[1] == 0:
-            return []
+            return np.zeros((0, 0), dtype=np.float32)
         encoded, lengths = self.model.encode(
             features[None], np.array([features.shape[1]], dtype=np.int64)
         )
-        valid = int(lengths[0])
-        return greedy_decode(
-            self.model,
-            encoded[0, :, :valid],
-            max_symbols=self.max_symbols,
-            batch_blank_runs=batch_blank_runs,
-        )
+        return np.asarray(encoded[0, :, : int(lengths[0])])
+
+    def tokens_many(self, windows: Sequence[F32]) -> list[list[Token]]:
+        """Greedy tokens of several windows (frames relative to each), decoded together."""
+        return greedy_decode_many(self.model, [self.encode(w) for w in windows],
+                                  max_symbols=self.max_symbols)
+
+    def tokens(self, samples: F32) -> list[Token]:
+        """Greedy tokens of one window of 16 kHz audio (frames relative to its start)."""
+        return self.tokens_many([samples])[0]
 
     def window_words(self, samples: F32, window: Window) -> list[Word]:
         """Words of one window, timed from the start of the file."""

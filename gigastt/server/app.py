@@ -27,8 +27,8 @@ from gigastt.config import (
     startup_overrides,
     with_config_file,
 )
-from gigastt.engine.executor import InferenceExecutor
-from gigastt.engine.model import GigaamModel, ModelError, missing_files
+from gigastt.engine.executor import InferenceExecutor, recognition_executor
+from gigastt.engine.model import GigaamModel, ModelError
 from gigastt.engine.recognizer import Recognizer
 from gigastt.server import routes
 from gigastt.server.admission import AdmissionPool
@@ -37,6 +37,7 @@ from gigastt.server.lifecycle import DrainController
 from gigastt.server.metrics import ServerMetrics
 from gigastt.server.origin import OriginPolicy
 from gigastt.server.ratelimit import RateLimiter
+from gigastt.store import StoreError, prepare_model
 
 log = logging.getLogger("gigastt.server")
 
@@ -54,10 +55,12 @@ def run_server(config: ServeConfig) -> int:
         return _fail(bind_refusal(config.host))
     if not is_loopback_host(config.host):
         log.warning("binding to non-loopback address %s: put TLS and auth in front", config.host)
-    absent = missing_files(config.model_dir)
-    if absent:
-        return _fail(f"model files missing in {config.model_dir}: {', '.join(absent)}"
-                     " (run `gigastt download` to fetch them)")
+    try:
+        # Downloads what is missing (server.md §1.4 step 2), then the INT8 encoder (step 3).
+        prepare_model(config.model_dir, model_url=config.model_url, env=os.environ,
+                      quantize=not config.skip_quantize, on_demand=True)
+    except StoreError as exc:
+        return _fail(str(exc))
     try:
         config = with_config_file(config)
     except ConfigError as exc:
@@ -65,7 +68,7 @@ def run_server(config: ServeConfig) -> int:
     limits = config.limits
     if limits.max_session_secs and limits.max_session_secs < limits.idle_timeout_secs:
         log.warning("--max-session-secs is below --idle-timeout-secs: the cap always fires first")
-    executor: InferenceExecutor[Recognizer] = InferenceExecutor(
+    executor = recognition_executor(
         lambda: Recognizer(GigaamModel(config.model_dir, threads=config.threads)))
     try:
         recognizer = executor.start()

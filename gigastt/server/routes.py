@@ -160,7 +160,7 @@ async def transcribe(state: ServerState, request: Request, body: Body) -> Reply:
         # Decoding and resampling are CPU work: off the event loop, beside the inference thread.
         samples = await asyncio.to_thread(load_audio, data)
         del data
-        result = await inference.transcribe(state.executor, samples)
+        result = await inference.transcribe(state.executor, state.vocab, samples)
     except AudioError as exc:
         log.info("request %s: undecodable audio (%s)", request.request_id, type(exc).__name__)
         return error_response(ErrorCode.TRANSCRIPTION_ERROR)

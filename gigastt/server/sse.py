@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gigastt import protocol
-from gigastt.engine.executor import InferenceExecutor
+from gigastt.engine.executor import InferenceExecutor, recognize
 from gigastt.engine.recognizer import Recognizer
 from gigastt.engine.streaming import Pass, StreamingRecognizer
 from gigastt.engine.tokenizer import Vocabulary
@@ -46,7 +46,7 @@ async def _recognise(
 
     async def run(job: Pass) -> bool:
         try:
-            tokens = await executor.run(key, lambda r: r.tokens(job.samples))
+            tokens = await recognize(executor, key, job.samples)
         except Exception:
             log.exception("sse: inference failed")
             await out.put(event(protocol.sse_error()))

@@ -21,7 +21,7 @@ from websockets.server import ServerProtocol
 
 from gigastt import errors, protocol
 from gigastt.engine.audio import pcm16_to_float
-from gigastt.engine.executor import InferenceExecutor
+from gigastt.engine.executor import InferenceExecutor, recognize
 from gigastt.engine.recognizer import Recognizer
 from gigastt.engine.streaming import Pass, Segment, StreamingRecognizer
 from gigastt.engine.tokenizer import Token, Vocabulary
@@ -403,7 +403,7 @@ class Session:
         samples = job.samples
         self.current = job
         self.pass_task = asyncio.ensure_future(
-            self.settings.executor.run(self, lambda r: r.tokens(samples)))
+            recognize(self.settings.executor, self, samples, live=True))
 
     def _maybe_start_pass(self) -> None:
         if self.pass_task is None and self.recognizer is not None:
@@ -440,7 +440,7 @@ class Session:
             job = self.recognizer.finish()
             samples = job.samples
             try:
-                tokens = await self.settings.executor.run(self, lambda r: r.tokens(samples))
+                tokens = await recognize(self.settings.executor, self, samples, live=True)
             except Exception:
                 log.exception("ws %s: inference failed on the final pass", self.rid)
                 tokens = []
