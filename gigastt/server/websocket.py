@@ -116,6 +116,9 @@ class Session:
         self.pass_task: asyncio.Task[list[Token]] | None = None
         self.current: Pass | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.reader: asyncio.StreamReader | None = None
+        self.first = b""
+        self.reading: asyncio.Task[None] | None = None
         self.last_activity = 0.0
         self.ping_window = (0.0, 0)
         self.fragments: tuple[Opcode, list[bytes]] | None = None
@@ -151,6 +154,9 @@ class Session:
             self.ws.send_close(code, reason)
             with contextlib.suppress(_Closed):
                 await self._drain()
+        if self.reading is None:  # closing before Ready: nobody reads the socket yet
+            assert self.reader is not None
+            self.reading = asyncio.ensure_future(self._read_frames(self.reader, self.first))
         deadline = time.monotonic() + CLOSE_GRACE_SECS
         while self.ws.state is not State.CLOSED and time.monotonic() < deadline:
             try:
@@ -210,19 +216,20 @@ class Session:
 
     async def run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                   first_bytes: bytes) -> None:
-        self.writer = writer
+        self.writer, self.reader, self.first = writer, reader, first_bytes
         metrics = self.settings.metrics
         if metrics:
             metrics.ws_opened()
         log.info("ws %s: connected from %s", self.rid, self.peer)
         slot: Slot | None = None
-        reading: asyncio.Task[None] | None = None
         try:
+            # Nothing is read while waiting for a slot (server.md §4.1): early frames wait in
+            # the socket and are processed after Ready.
             slot = await self._checkout()
             if slot is None:
                 return
             await self._send_text(protocol.ready())
-            reading = asyncio.ensure_future(self._read_frames(reader, first_bytes))
+            self.reading = asyncio.ensure_future(self._read_frames(reader, first_bytes))
             await self._loop()
         except _Closed:
             pass
@@ -231,8 +238,8 @@ class Session:
                 self.pass_task.cancel()
             if slot is not None:
                 slot.release()
-            if reading is not None:
-                reading.cancel()
+            if self.reading is not None:
+                self.reading.cancel()
             if metrics:
                 metrics.ws_closed()
             log.info("ws %s: session ended", self.rid)
