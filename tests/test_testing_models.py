@@ -319,3 +319,13 @@ def test_full_model(tmp_path: Path) -> None:
     asr = onnx_asr.load_model("gigaam-v3-e2e-rnnt", str(path))
     assert asr.recognize(synth.speech_like(4.0))
     assert asr.recognize(synth.silence(2.0)) == ""
+
+
+def test_demo_model_command(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "gigastt.testing.models", str(tmp_path / "m")],
+                         capture_output=True, text=True, check=True, timeout=60)
+    assert "wrote a small model" in out.stdout
+    assert (tmp_path / "m" / "v3_e2e_rnnt_vocab.txt").is_file()

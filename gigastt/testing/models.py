@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -750,3 +750,25 @@ def cached_full_model(seed: int = 0) -> Path:
     write_full_model(path, seed=seed)
     marker.write_text("1\n", encoding="utf-8")
     return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m gigastt.testing.models DIR [--kind small|tone|full]``: write a demo model."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m gigastt.testing.models",
+        description="Write a generated GigaAM-compatible model directory (random weights: it "
+                    "recognises nothing real, but exercises every code path).")
+    parser.add_argument("dir", type=Path)
+    parser.add_argument("--kind", choices=("small", "tone", "full"), default="small")
+    args = parser.parse_args(argv)
+    writers: dict[str, Callable[[Path], Path]] = {
+        "small": write_small_model, "tone": write_tone_model, "full": write_full_model}
+    path = writers[args.kind](args.dir)
+    print(f"wrote a {args.kind} model to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
