@@ -1,6 +1,6 @@
-"""The ``gigastt`` command line: ``serve`` and ``transcribe``; exit 0 ok, 1 runtime, 2 usage.
-
-Logs go to stderr; stdout carries only what a command prints (the transcript).
+"""The ``gigastt`` command line: ``serve``, ``transcribe``, ``download``, ``quantize``.
+Exit 0 ok, 1 runtime, 2 usage. Logs (and download progress) go to stderr; stdout carries only
+what a command prints (the transcript).
 """
 
 from __future__ import annotations
@@ -13,7 +13,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gigastt import __version__
-from gigastt.config import ConfigError, add_serve_arguments, default_model_dir, serve_config
+from gigastt.config import (
+    ConfigError,
+    add_serve_arguments,
+    argparse_model_url,
+    default_model_dir,
+    parse_bool,
+    parse_model_url,
+    serve_config,
+)
 
 LOG_LEVELS = ("off", "error", "warn", "info", "debug", "trace")
 EXIT_RUNTIME, EXIT_USAGE = 1, 2
@@ -54,7 +62,34 @@ def build_parser() -> argparse.ArgumentParser:
                             help="model directory (default ~/.gigastt/models)")
     transcribe.add_argument("--format", choices=("text", "json", "srt", "vtt"), default="text",
                             help="output format (default text)")
+    _add_model_url(transcribe)
+
+    download = commands.add_parser(
+        "download", parents=[common],
+        help="download the model files (verified, resumable), then create the INT8 encoder")
+    _add_model_dir(download)
+    _add_model_url(download)
+    download.add_argument("--skip-quantize", action="store_true", default=None,
+                          help="do not create the INT8 encoder (env GIGASTT_SKIP_QUANTIZE)")
+
+    quantize = commands.add_parser(
+        "quantize", parents=[common],
+        help="create the INT8 encoder from the FP32 one (needs the 'quantize' extra)")
+    _add_model_dir(quantize)
+    quantize.add_argument("--force", action="store_true",
+                          help="re-create the INT8 encoder even if it exists")
     return parser
+
+
+def _add_model_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="model directory (default ~/.gigastt/models)")
+
+
+def _add_model_url(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-url", type=argparse_model_url, default=None, metavar="URL",
+                        help="download missing model files from this mirror instead of Hugging"
+                             " Face (env GIGASTT_MODEL_URL)")
 
 
 def setup_logging(level: str) -> None:
@@ -86,7 +121,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gigastt.server.app import run_server
 
             return run_server(config)
-        return _transcribe(args)
+        if args.command == "download":
+            try:
+                model_url = _model_url(args)
+                skip = args.skip_quantize
+                if skip is None and "GIGASTT_SKIP_QUANTIZE" in os.environ:
+                    skip = parse_bool("GIGASTT_SKIP_QUANTIZE", os.environ["GIGASTT_SKIP_QUANTIZE"])
+            except ConfigError as exc:
+                parser.error(str(exc))
+            return _download(args.model_dir or default_model_dir(), model_url, bool(skip))
+        if args.command == "quantize":
+            return _quantize(args.model_dir or default_model_dir(), args.force)
+        try:
+            model_url = _model_url(args)
+        except ConfigError as exc:
+            parser.error(str(exc))
+        return _transcribe(args, model_url)
     except KeyboardInterrupt:
         return 130
     except RuntimeFailure as exc:
@@ -98,10 +148,42 @@ class RuntimeFailure(Exception):
     """A command failed at run time; its message is printed as ``Error: <message>`` (exit 1)."""
 
 
-def _transcribe(args: argparse.Namespace) -> int:
+def _model_url(args: argparse.Namespace) -> str | None:
+    """``--model-url``, else ``GIGASTT_MODEL_URL``, else None (Hugging Face)."""
+    if args.model_url is not None:
+        return str(args.model_url)
+    env = os.environ.get("GIGASTT_MODEL_URL", "")
+    return parse_model_url("GIGASTT_MODEL_URL", env) if env.strip() else None
+
+
+def _download(model_dir: Path, model_url: str | None, skip_quantize: bool) -> int:
+    from gigastt.store import StoreError, prepare_model
+
+    try:
+        prepare_model(model_dir, model_url=model_url, env=os.environ,
+                      quantize=not skip_quantize, on_demand=False)
+    except StoreError as exc:
+        raise RuntimeFailure(str(exc)) from exc
+    log.info("Model ready at %s", model_dir)
+    return 0
+
+
+def _quantize(model_dir: Path, force: bool) -> int:
+    from gigastt.store import StoreError
+    from gigastt.store.quantize import quantize_encoder
+
+    try:
+        quantize_encoder(model_dir, force=force)
+    except StoreError as exc:
+        raise RuntimeFailure(str(exc)) from exc
+    return 0
+
+
+def _transcribe(args: argparse.Namespace, model_url: str | None) -> int:
     from gigastt.engine.audio import AudioError, load_audio
     from gigastt.engine.model import GigaamModel, ModelError
     from gigastt.engine.recognizer import Recognizer
+    from gigastt.store import StoreError, prepare_model
 
     model_dir: Path = args.model_dir or default_model_dir()
     try:
@@ -112,6 +194,12 @@ def _transcribe(args: argparse.Namespace) -> int:
         samples = load_audio(data)
     except AudioError as exc:
         raise RuntimeFailure(f"invalid audio: {exc}") from exc
+    try:
+        # Fetch what is missing, but leave quantizing to `download`/`serve` (server.md §1.5).
+        prepare_model(model_dir, model_url=model_url, env=os.environ, quantize=False,
+                      on_demand=True)
+    except StoreError as exc:
+        raise RuntimeFailure(str(exc)) from exc
     try:
         recognizer = Recognizer(GigaamModel(model_dir))
     except ModelError as exc:

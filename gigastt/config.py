@@ -10,6 +10,7 @@ import dataclasses
 import ipaddress
 import os
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,8 @@ class ServeConfig:
     skip_quantize: bool = False
     trust_proxy: bool = False
     config_path: Path | None = None
+    # Mirror for the model files (flag --model-url, env GIGASTT_MODEL_URL); None = Hugging Face.
+    model_url: str | None = None
     max_connections: int = 256
     header_timeout_secs: float = 10.0
     keepalive_timeout_secs: float = 75.0
@@ -111,6 +114,15 @@ def parse_uint(name: str, value: str, *, bits: int = 64) -> int:
     if number >= 1 << bits:
         raise ConfigError(f"value {value!r} for {name} is out of range")
     return number
+
+
+def parse_model_url(name: str, value: str) -> str:
+    """A model mirror base URL: ``http(s)://host[/path]``; files are fetched as ``<url>/<file>``."""
+    text = value.strip()
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"invalid URL {value!r} for {name}: expected http(s)://host/path")
+    return text
 
 
 # --- bind guard ---------------------------------------------------------------------------------
@@ -231,6 +243,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="serve Prometheus metrics on /metrics (env GIGASTT_METRICS)")
     parser.add_argument("--skip-quantize", action="store_true", default=None,
                         help="do not create the INT8 encoder (env GIGASTT_SKIP_QUANTIZE)")
+    parser.add_argument("--model-url", type=argparse_model_url, default=None, metavar="URL",
+                        help="download missing model files from this mirror instead of Hugging"
+                             " Face (env GIGASTT_MODEL_URL)")
     parser.add_argument("--trust-proxy", action="store_true", default=None,
                         help="also trust forwarding headers from RFC 1918/ULA peers"
                              " (env GIGASTT_TRUST_PROXY)")
@@ -252,6 +267,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 def _argparse_uint(value: str) -> int:
     try:
         return parse_uint("value", value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def argparse_model_url(value: str) -> str:
+    try:
+        return parse_model_url("--model-url", value)
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
@@ -281,8 +303,11 @@ def serve_config(args: argparse.Namespace, env: Mapping[str, str]) -> ServeConfi
         flag = getattr(args, name, None)
         if flag is not None:
             ints[name] = flag
+    if env.get("GIGASTT_MODEL_URL", "").strip():
+        values["model_url"] = parse_model_url("GIGASTT_MODEL_URL", env["GIGASTT_MODEL_URL"])
     for name in ("host", "port", "model_dir", "pool_size", "bind_all", "cors_allow_any",
-                 "metrics", "skip_quantize", "trust_proxy", "config_path", "threads"):
+                 "metrics", "skip_quantize", "trust_proxy", "config_path", "threads",
+                 "model_url"):
         flag = getattr(args, name, None)
         if flag is not None:
             values[name] = flag

@@ -63,24 +63,29 @@ def test_usage_errors_exit_2(args: tuple[str, ...]) -> None:
     ("GIGASTT_IDLE_TIMEOUT_SECS", ""),
     ("GIGASTT_IDLE_TIMEOUT_SECS", "ten"),
 ])
-def test_bad_environment_values_exit_2_naming_the_variable(var: str, value: str) -> None:
-    result = gigastt("serve", "--model-dir", "/nonexistent", env={var: value})
+def test_bad_environment_values_exit_2_naming_the_variable(var: str, value: str,
+                                                           tmp_path: Path) -> None:
+    result = gigastt("serve", "--model-dir", str(tmp_path), env={var: value})
     assert result.returncode == 2 and var in result.stderr
 
 
-def test_bind_guard_runs_first_and_refuses_public_addresses() -> None:
-    result = gigastt("serve", "--host", "0.0.0.0", "--model-dir", "/nonexistent")
+def test_bind_guard_runs_first_and_refuses_public_addresses(tmp_path: Path) -> None:
+    model_dir = tmp_path / "models"
+    result = gigastt("serve", "--host", "0.0.0.0", "--model-dir", str(model_dir))
     assert result.returncode == 1
+    assert not model_dir.exists()  # nothing was downloaded or created before the guard
     assert result.stderr.strip().endswith(
         "Error: refusing to bind to '0.0.0.0': non-loopback addresses require `--bind-all` (or"
         " env GIGASTT_ALLOW_BIND_ANY=1) to prevent accidental public exposure of local"
         " transcription")
 
 
-def test_bind_all_passes_the_guard_then_needs_the_model() -> None:
+def test_bind_all_passes_the_guard_then_needs_the_model(tmp_path: Path) -> None:
+    # The model URL points at a closed loopback port: the download fails at once, offline.
+    mirror = {"GIGASTT_MODEL_URL": "http://127.0.0.1:9/", "GIGASTT_DOWNLOAD_RETRIES": "0"}
     for args, env in ((("--bind-all",), {}), ((), {"GIGASTT_ALLOW_BIND_ANY": "yes"})):
-        result = gigastt("serve", "--host", "0.0.0.0", *args, "--model-dir", "/nonexistent",
-                         env=env)
+        result = gigastt("serve", "--host", "0.0.0.0", *args, "--model-dir",
+                         str(tmp_path / "models"), env={**env, **mirror})
         assert result.returncode == 1
         assert "model files missing" in result.stderr and "gigastt download" in result.stderr
 
