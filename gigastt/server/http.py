@@ -124,8 +124,16 @@ class Timeouts:
     body: Callable[[], float] = lambda: 300.0
 
 
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
 def http_date() -> bytes:
-    return email.utils.formatdate(usegmt=True).encode()
+    """The ``date`` header value, formatted once per second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, email.utils.formatdate(now, usegmt=True).encode())
+    return _date_cache[1]
 
 
 def new_request_id() -> str:
@@ -267,7 +275,9 @@ class ConnectionDriver:
         if timeout <= 0:
             raise _Timeout
         try:
-            data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+            # asyncio.timeout, not wait_for: no extra task per read on the hot path.
+            async with asyncio.timeout(timeout):
+                data = await self.reader.read(READ_SIZE)
         except TimeoutError:
             raise _Timeout from None
         except ConnectionError as exc:
@@ -305,7 +315,13 @@ class ConnectionDriver:
                 raise ClientGone(f"unexpected {type(event).__name__} in body")
 
     async def _handle(self, request: Request) -> Reply | None:
-        """Run the handler; if the client goes away meanwhile, cancel it (freeing its slot)."""
+        """Run the handler; if the client goes away meanwhile, cancel it (freeing its slot).
+
+        Only requests with a body can start long work (inference); the others are answered
+        at once, without the task and the EOF watch.
+        """
+        if request.method in ("GET", "HEAD", "OPTIONS") and self._conn.their_state is h11.DONE:
+            return await self._handler(request, Body(self, request))
         task = asyncio.ensure_future(self._handler(request, Body(self, request)))
         try:
             if self._conn.their_state is not h11.DONE:
@@ -386,8 +402,11 @@ class ConnectionDriver:
         if not data:
             return
         self.writer.write(data)
+        if self.writer.transport.get_write_buffer_size() == 0:
+            return  # all written already: no need to wait for the transport
         try:
-            await asyncio.wait_for(self.writer.drain(), self._timeouts.body())
+            async with asyncio.timeout(self._timeouts.body()):
+                await self.writer.drain()
         except TimeoutError:
             raise ClientGone("write timed out") from None
 
