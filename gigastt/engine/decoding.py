@@ -16,9 +16,10 @@ from gigastt.engine.model import GigaamModel
 from gigastt.engine.tokenizer import Token
 
 MAX_SYMBOLS_PER_FRAME = 10
-# Frames scored per joint call while looking for the next token: few after an emission (tokens
-# come every few frames in speech), doubling through silence. Call overhead dominates, not rows.
-_FIRST_SPAN, _MAX_SPAN = 8, 256
+# Frames scored per joint call while looking for the next token: two after an emission (tokens
+# come every few frames in speech), doubling through silence. On a full-size model this halves
+# decoding time against one call per frame (docs/benchmarks.md); extra rows are cheap, calls not.
+_FIRST_SPAN, _MAX_SPAN = 2, 256
 
 F32 = npt.NDArray[np.float32]
 
@@ -106,8 +107,46 @@ def greedy_decode_many(
 def greedy_decode(
     model: GigaamModel, encoded: F32, *, max_symbols: int = MAX_SYMBOLS_PER_FRAME
 ) -> list[Token]:
-    """Decode one ``[D, T']`` array into tokens."""
-    return greedy_decode_many(model, [encoded], max_symbols=max_symbols)[0]
+    """Decode one ``[D, T']`` array into tokens.
+
+    The same algorithm as ``greedy_decode_many`` for a single utterance, without its per-round
+    bookkeeping: for one utterance the Python overhead per joint call is what costs.
+    """
+    blank, hidden = model.vocab.blank, model.pred_hidden
+    frames = np.ascontiguousarray(encoded.T)[:, :, None]
+    total = frames.shape[0]
+    token_in = np.full((1, 1), blank, dtype=np.int64)
+    zeros = np.zeros((1, 1, hidden), dtype=np.float32)
+    dec, h, c = model.decode_step(token_in, zeros, zeros)
+    dec_col = np.ascontiguousarray(dec.transpose(0, 2, 1))
+    tokens: list[Token] = []
+    t = emitted = 0
+    span = _FIRST_SPAN
+    while t < total:
+        n = min(span, total - t)
+        block = model.joint_scores(frames[t : t + n],
+                                   dec_col if n == 1 else np.repeat(dec_col, n, axis=0))
+        hits = np.flatnonzero(block.argmax(axis=1) != blank)
+        if hits.size == 0:
+            t += n
+            emitted = 0
+            span = min(span * 2, _MAX_SPAN)
+            continue
+        j = int(hits[0])
+        if j:
+            t += j
+            emitted = 0
+        k = int(block[j].argmax())
+        tokens.append(Token(id=k, frame=t, logp=float(block[j, k])))
+        token_in[0, 0] = k
+        dec, h, c = model.decode_step(token_in, h, c)
+        dec_col = np.ascontiguousarray(dec.transpose(0, 2, 1))
+        emitted += 1
+        span = _FIRST_SPAN
+        if emitted == max_symbols:
+            t += 1
+            emitted = 0
+    return tokens
 
 
 def greedy_decode_reference(

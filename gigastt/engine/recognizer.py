@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from gigastt.engine.decoding import MAX_SYMBOLS_PER_FRAME, greedy_decode_many
+from gigastt.engine.decoding import MAX_SYMBOLS_PER_FRAME, greedy_decode, greedy_decode_many
 from gigastt.engine.features import SAMPLE_RATE, log_mel
 from gigastt.engine.model import GigaamModel
 from gigastt.engine.tokenizer import Token, join_words
@@ -83,8 +83,10 @@ class Recognizer:
 
     def tokens_many(self, windows: Sequence[F32]) -> list[list[Token]]:
         """Greedy tokens of several windows (frames relative to each), decoded together."""
-        return greedy_decode_many(self.model, [self.encode(w) for w in windows],
-                                  max_symbols=self.max_symbols)
+        encoded = [self.encode(w) for w in windows]
+        if len(encoded) == 1:
+            return [greedy_decode(self.model, encoded[0], max_symbols=self.max_symbols)]
+        return greedy_decode_many(self.model, encoded, max_symbols=self.max_symbols)
 
     def tokens(self, samples: F32) -> list[Token]:
         """Greedy tokens of one window of 16 kHz audio (frames relative to its start)."""
