@@ -35,6 +35,10 @@ class BodyTooLarge(Exception):
     """The request body exceeds the limit the handler asked for."""
 
 
+class MalformedBody(Exception):
+    """The request body violates HTTP/1.1 framing (e.g. broken chunked encoding)."""
+
+
 class _Timeout(Exception):
     pass
 
@@ -293,7 +297,10 @@ class ConnectionDriver:
         chunks: list[bytes] = []
         size = 0
         while True:
-            event = self._conn.next_event()
+            try:
+                event = self._conn.next_event()
+            except h11.RemoteProtocolError:
+                raise MalformedBody from None
             if event is h11.NEED_DATA:
                 try:
                     data = await self._read(self._timeouts.body())
@@ -340,6 +347,8 @@ class ConnectionDriver:
             return await task
         except BodyTooLarge:
             return Response(413, close=True)
+        except MalformedBody:
+            return plain_response(400)
         except ClientGone:
             return None
         finally:
