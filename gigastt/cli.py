@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,13 +25,13 @@ from gigastt.config import (
 )
 
 LOG_LEVELS = ("off", "error", "warn", "info", "debug", "trace")
-EXIT_RUNTIME, EXIT_USAGE = 1, 2
+EXIT_RUNTIME = 1  # usage errors exit 2 through argparse
 
 log = logging.getLogger("gigastt")
 
 
-class UsageError(Exception):
-    """A command-line or environment value is invalid (exit 2)."""
+class RuntimeFailure(Exception):
+    """A command failed at run time; its message is printed as ``Error: <message>`` (exit 1)."""
 
 
 def _log_level(text: str) -> str:
@@ -97,11 +98,11 @@ def setup_logging(level: str) -> None:
         "off": logging.CRITICAL + 10, "error": logging.ERROR, "warn": logging.WARNING,
         "info": logging.INFO, "debug": logging.DEBUG, "trace": logging.DEBUG,
     }[level]
+    formatter = logging.Formatter(
+        "%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+    formatter.converter = time.gmtime  # the "Z" in the format promises UTC
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(
-        "%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"
-    ))
-    logging.Formatter.converter = __import__("time").gmtime
+    handler.setFormatter(formatter)
     root = logging.getLogger("gigastt")
     root.handlers[:] = [handler]
     root.setLevel(numeric)
@@ -142,10 +143,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeFailure as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
-
-
-class RuntimeFailure(Exception):
-    """A command failed at run time; its message is printed as ``Error: <message>`` (exit 1)."""
 
 
 def _model_url(args: argparse.Namespace) -> str | None:
