@@ -1,4 +1,4 @@
-"""The uvicorn side of ``bench/http.py``: a bare ASGI app answering ``GET /health`` like ours.
+"""The uvicorn side of ``bench/health.py``: a bare ASGI app answering ``GET /health`` like ours.
 
 Same JSON body, same ``content-type``, a fresh ``x-request-id`` per response and an explicit
 ``content-length``; uvicorn adds ``date`` (as ours does) and is run with ``--no-server-header``.

@@ -31,10 +31,7 @@ import numpy.typing as npt
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-# `python bench/x.py` puts bench/ first on the path, where bench/http.py would shadow the standard
-# library's `http` package (used by http.client, websockets, uvicorn): keep bench/ last, and put
-# the repository (for `gigastt`) first.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH] + [str(BENCH)]
+# `python bench/x.py` puts bench/ on the path but not the repository (for `gigastt`).
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 

@@ -1,6 +1,6 @@
 """HTTP: ``/health`` throughput of our server vs uvicorn+h11, and ``/health`` latency under load.
 
-    python bench/http.py [--quick] [--model small|medium|full] [--client auto|wrk|python]
+    python bench/health.py [--quick] [--model small|medium|full] [--client auto|wrk|python]
                          [--part all|rps|busy] [--json OUT]
 
 Part 1 (rps): ``gigastt serve`` (small generated model; the model plays no part in /health) and
@@ -184,7 +184,7 @@ def rps_part(args: Any, client: str) -> dict[str, Any]:
 
 
 def _upload(host: str, port: int, body: bytes, out: list[float], index: int) -> None:
-    import http.client  # after `common` has moved bench/ (and its http.py) to the end of the path
+    import http.client
 
     start = time.perf_counter()
     conn = http.client.HTTPConnection(host, port, timeout=1800)
