@@ -35,6 +35,8 @@ ROOT = BENCH.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tests.serverproc import ServerProcess  # noqa: E402  (needs the repository on the path)
+
 F32 = npt.NDArray[np.float32]
 MODELS = ("small", "medium", "full")
 # write_small_model arguments of each generated size (full: cached_full_model, the real geometry)
@@ -42,7 +44,6 @@ MODEL_SHAPES: dict[str, dict[str, int]] = {
     "small": {},  # write_small_model defaults: d_model 32, 2 layers
     "medium": {"d_model": 256, "layers": 4},
 }
-LISTENING = re.compile(r"listening on http://(\[[^\]]+\]|[^:\s]+):(\d+)")
 INT8_ENCODER = "v3_e2e_rnnt_encoder_int8.onnx"
 
 
@@ -246,47 +247,15 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
-class Server:
-    """``gigastt serve --port 0`` as a subprocess; the port is read from its start-up log line."""
+class Server(ServerProcess):
+    """``gigastt serve --port 0`` as a subprocess (the test suite's helper), INT8 creation off."""
 
-    def __init__(self, model: Path, *args: str, start_timeout: float = 120.0) -> None:
-        cmd = [sys.executable, "-m", "gigastt", "serve", "--host", "127.0.0.1", "--port", "0",
-               "--model-dir", str(model), "--skip-quantize", *args]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GIGASTT_")}
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
-        self.lines: list[str] = []
-        self.host = "127.0.0.1"
-        self.port = 0
-        self._ready = threading.Event()
-        threading.Thread(target=self._pump, daemon=True).start()
-        if not self._ready.wait(start_timeout) or not self.port:
-            self.proc.kill()
-            raise RuntimeError("server did not start:\n" + "".join(self.lines))
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            match = LISTENING.search(line)
-            if match and not self.port:
-                self.host = match.group(1).strip("[]")
-                self.port = int(match.group(2))
-                self._ready.set()
-        self._ready.set()
+    def __init__(self, model: Path, *args: str) -> None:
+        super().__init__(model, "--skip-quantize", *args)
 
     @property
     def pid(self) -> int:
         return self.proc.pid
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
     def __enter__(self) -> Server:
         return self
