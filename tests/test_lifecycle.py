@@ -225,7 +225,7 @@ def test_second_signal_is_ignored_and_window_expiry_is_logged(medium_model: Path
     assert rc == 0 and took < 10
     assert "during drain ignored" in proc.log
     assert "Drain window expired" in proc.log
-    assert "error" in done or done["reply"].status == 200
+    assert "error" in done  # the 600 s upload outlived the 1 s window: its connection was closed
 
 
 # --- SIGHUP reload (D12) ----------------------------------------------------------------------

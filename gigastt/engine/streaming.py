@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gigastt.engine.audio import MODEL_RATE, Resampler
+from gigastt.engine.features import frame_count
 from gigastt.engine.recognizer import FRAME_SAMPLES
 from gigastt.engine.tokenizer import Token, Vocabulary
 from gigastt.engine.transcript import Word
@@ -74,10 +75,7 @@ class StreamingRecognizer:
 
     def feed(self, samples: F32) -> None:
         """Append audio at the input rate."""
-        if self._resampler is not None:
-            samples = self._resampler.process(samples)
-        if samples.size:
-            self._buffer = np.concatenate([self._buffer, samples.astype(np.float32, copy=False)])
+        self._append(samples if self._resampler is None else self._resampler.process(samples))
 
     def next_pass(self) -> Pass | None:
         """The pass to run now, if enough new audio has arrived since the last one."""
@@ -89,14 +87,14 @@ class StreamingRecognizer:
     def finish(self) -> Pass:
         """The last pass over everything buffered (stop, shutdown, session cap)."""
         if self._resampler is not None:
-            self.feed_tail(self._resampler.flush())
+            self._append(self._resampler.flush())
             self._resampler = None
         self._recognised = self._buffer.shape[0]
         return Pass(self._buffer, final=True)
 
-    def feed_tail(self, samples: F32) -> None:
+    def _append(self, samples: F32) -> None:
         if samples.size:
-            self._buffer = np.concatenate([self._buffer, samples])
+            self._buffer = np.concatenate([self._buffer, samples.astype(np.float32, copy=False)])
 
     def on_result(self, done: Pass, tokens: list[Token]) -> list[Segment]:
         """Turn a finished pass into the messages to send (at most one partial and one final)."""
@@ -163,6 +161,4 @@ class StreamingRecognizer:
 
 
 def _encoder_frames(samples: int) -> int:
-    from gigastt.engine.features import frame_count
-
     return (frame_count(samples) + 3) // 4

@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import signal
 import socket
 import sys
 from typing import TextIO
@@ -79,10 +78,6 @@ def run_server(config: ServeConfig) -> int:
     except OSError as exc:
         return _fail(exc.strerror or str(exc))
     finally:
-        # The loop is gone and with it our handlers; a late signal must not kill the process
-        # while it finishes (decision D1: signals during the drain are ignored).
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, signal.SIG_IGN)
         # The drain window is over: a window still being recognised is not waited for long
         # (the thread is a daemon; its result has nobody left to go to).
         executor.close(timeout=1.0)
@@ -149,6 +144,7 @@ async def _serve(config: ServeConfig, executor: InferenceExecutor[Recognizer],
                     left)
     else:
         log.info("Drain complete: all tracked tasks finished")
+    lifecycle.uninstall(loop)
     return 0
 
 

@@ -29,6 +29,14 @@ class DrainController:
             loop.add_signal_handler(sig, self.request_stop, sig.name)
         loop.add_signal_handler(signal.SIGHUP, on_reload)
 
+    def uninstall(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Leave stop signals ignored, not defaulted: closing the loop would otherwise restore
+        the default action, and a late SIGTERM would kill a process that is exiting cleanly
+        (decision D1: signals during the drain are ignored)."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
+
     def request_stop(self, name: str = "request") -> None:
         if self.stop_requested.is_set():
             log.info("%s during drain ignored", name)
