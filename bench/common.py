@@ -57,6 +57,8 @@ def arg_parser(description: str, *, default_model: str = "small") -> argparse.Ar
     parser.add_argument("--quick", action="store_true", help="shorter inputs, fewer repetitions")
     parser.add_argument("--model", choices=MODELS, default=default_model,
                         help=f"generated model size (default {default_model})")
+    parser.add_argument("--int8", action="store_true",
+                        help="the same model with its encoder quantized to INT8 (quantize extra)")
     parser.add_argument("--json", metavar="OUT", type=Path, default=None,
                         help="also write the results as JSON to OUT")
     return parser
@@ -75,8 +77,15 @@ def _generator_key() -> str:
     return hashlib.sha256(source).hexdigest()[:10]
 
 
-def model_dir(kind: str) -> Path:
-    """A generated model directory of the given size, built once and cached."""
+def model_dir(kind: str, *, int8: bool = False) -> Path:
+    """A generated model directory of the given size, built once and cached.
+
+    ``int8``: a sibling directory that links the FP32 files and adds the INT8 encoder that
+    ``gigastt quantize`` makes (the engine prefers it); decoder and joint stay FP32, linked under
+    onnx-asr's ``*_int8.onnx`` names too, so that every contender runs the same graphs.
+    """
+    if int8:
+        return _int8_dir(kind, model_dir(kind))
     if kind == "full":
         from gigastt.testing.models import cached_full_model
 
@@ -94,6 +103,27 @@ def model_dir(kind: str) -> Path:
     if (path / INT8_ENCODER).exists():
         # the engine prefers an INT8 encoder when present; these benchmarks measure FP32
         raise RuntimeError(f"{path / INT8_ENCODER} exists: remove it to benchmark the FP32 model")
+    return path
+
+
+def _int8_dir(kind: str, fp32: Path) -> Path:
+    from gigastt.store.quantize import quantize_encoder
+
+    path = cache_dir() / f"{kind}-int8-{_generator_key()}"
+    marker = path / ".complete"
+    if not marker.is_file():
+        path.mkdir(parents=True, exist_ok=True)
+        for source in fp32.iterdir():
+            if source.name.startswith("."):
+                continue
+            links = [source.name]
+            if source.name.endswith(("_decoder.onnx", "_joint.onnx")):
+                links.append(source.name.replace(".onnx", "_int8.onnx"))
+            for name in links:
+                (path / name).unlink(missing_ok=True)
+                (path / name).symlink_to(source)
+        quantize_encoder(path, force=True)
+        marker.write_text("1\n", encoding="utf-8")
     return path
 
 

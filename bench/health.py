@@ -11,7 +11,7 @@ by side; the same load generator drives each in turn, alternating over ``--round
 
 Part 2 (busy): our server with ``--model`` (default medium) transcribes four 60 s files at once
 (``POST /v1/transcribe``, four threads) while a prober process sends ``GET /health`` on a fresh
-connection every 15 ms (``--probe-interval``): p50/p99/max latency while the inference thread is
+connection every 15 ms (``--probe-interval``): p50/p99/max latency while the inference lanes are
 busy, next to the idle figures (latency = connect to last body byte, measured by the prober).
 
 Needs ``uvicorn`` (``pip install uvicorn``), a benchmark-only dependency. Benchmarks, not tests.
@@ -214,7 +214,7 @@ def busy_part(args: Any) -> dict[str, Any]:
 
     files = [wav_bytes(np.load(common.synthetic_audio(60, seed=seed))) for seed in (101, 102,
                                                                                     103, 104)]
-    server = common.Server(common.model_dir(args.model), "--pool-size", "4")
+    server = common.Server(common.model_dir(args.model, int8=args.int8), "--pool-size", "4")
     try:
         idle_prober = common.ProbeProcess(server.host, server.port, args.probe_interval)
         time.sleep(2.0)

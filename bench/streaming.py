@@ -1,12 +1,14 @@
 """Streaming: N concurrent real-time WebSocket streams of Golos audio against one server.
 
-    python bench/streaming.py [--quick] [--model small|medium|full] [--streams 1,4,8,16]
-                              [--seconds S] [--json OUT]
+    python bench/streaming.py [--quick] [--model small|medium|full] [--int8] [--streams 1,4,8,16]
+                              [--seconds S] [--upload S] [--json OUT]
 
 One ``gigastt serve --pool-size max(N)`` subprocess serves every level. Each stream is Golos clips
 (starting at a different clip per stream) joined by 1 s silences until it reaches ``--seconds``
 (default 30, --quick 10) and ending right after the last clip, resampled to 48 kHz PCM16 and sent
 in 100 ms frames paced at real time (stream starts staggered over one frame), then ``stop``.
+With ``--upload S``, every level also POSTs an S-second synthetic file as it starts (issue 8's
+"8 streams and one upload").
 
 Columns: time from the last audio frame to the ``final`` that answers ``stop`` (median and max
 over streams); partial cadence (the median interval between consecutive partials of a stream,
@@ -141,15 +143,26 @@ class RssSampler:
         return self.max_rss
 
 
-def run_level(server: common.Server, n: int, seconds: float,
-              clips: list[common.F32]) -> dict[str, Any]:
+def run_level(server: common.Server, n: int, seconds: float, clips: list[common.F32],
+              upload: bytes | None = None) -> dict[str, Any]:
     audio = [stream_audio(i, seconds, clips) for i in range(n)]
+    uploaded: dict[str, float] = {}
+
+    def post() -> None:
+        assert upload is not None
+        started = time.perf_counter()
+        reply = server.request("POST", "/v1/transcribe", upload, timeout=3600)
+        uploaded.update(status=reply.status, seconds=time.perf_counter() - started)
+
+    uploader = threading.Thread(target=post)
     url = f"ws://{server.host}:{server.port}/v1/ws"
     hwm_reset = common.reset_peak_rss(server.pid)
     sampler = RssSampler(server.pid)
     prober = common.ProbeProcess(server.host, server.port, 0.05)
     cpu0 = common.proc_cpu_seconds(server.pid)
     wall0 = time.perf_counter()
+    if upload is not None:
+        uploader.start()  # runs through the whole level: the streams share the server with it
 
     async def all_streams() -> list[StreamResult]:
         base = time.perf_counter() + 0.2
@@ -160,6 +173,8 @@ def run_level(server: common.Server, n: int, seconds: float,
     wall = time.perf_counter() - wall0
     cpu = common.proc_cpu_seconds(server.pid) - cpu0
     probes, probe_errors = prober.stop()
+    if upload is not None:
+        uploader.join()
     max_rss = sampler.stop()
     status = common.proc_status(server.pid)
     latencies = [r.final_latency for r in results]
@@ -190,6 +205,8 @@ def run_level(server: common.Server, n: int, seconds: float,
         "health_max_ms": max(probes_ms) if probes_ms else float("nan"),
         "health_probes": len(probes_ms),
         "health_errors": probe_errors,
+        "upload_status": uploaded.get("status"),
+        "upload_s": uploaded.get("seconds"),
     }
 
 
@@ -199,19 +216,27 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated concurrency levels (default 1,4,8,16)")
     parser.add_argument("--seconds", type=float, default=None,
                         help="audio per stream (default 30, --quick 10)")
+    parser.add_argument("--upload", type=int, default=0, metavar="S",
+                        help="also POST an S-second file at the start of every level")
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.streams.split(",")]
     seconds = args.seconds or (10.0 if args.quick else 30.0)
     info = common.machine_info()
     clips = common.golos_clips()
-    model = common.model_dir(args.model)
+    model = common.model_dir(args.model, int8=args.int8)
+    upload = None
+    if args.upload:
+        from gigastt.testing.audio import wav_bytes
+
+        upload = wav_bytes(np.load(common.synthetic_audio(args.upload, seed=args.upload)))
     results: list[dict[str, Any]] = []
-    with common.Server(model, "--pool-size", str(max(levels))) as server:
+    pool = max(levels) + (1 if upload else 0)
+    with common.Server(model, "--pool-size", str(pool)) as server:
         time.sleep(1.0)
         idle = common.proc_status(server.pid)
         for n in levels:
             print(f"  {n} stream(s) of ~{seconds:.0f} s ...", file=sys.stderr, flush=True)
-            results.append(run_level(server, n, seconds, clips))
+            results.append(run_level(server, n, seconds, clips, upload))
             time.sleep(2.0)
 
     base_rss = results[0]["rss_max_mb"]
@@ -227,13 +252,17 @@ def main(argv: list[str] | None = None) -> int:
             common.fmt(r["rss_max_mb"], 0), common.fmt(r["rss_max_mb"] / base_rss) + "×",
             common.fmt(r["hwm_mb"], 0) if r["hwm_reset"] else "–",
             common.fmt(r["health_p99_ms"], 1), common.fmt(r["max_send_lag_s"] * 1e3, 0),
+            *([common.fmt(r["upload_s"], 1)] if upload else []),
         ])
-    print(f"\n### Real-time WebSocket streams — model `{args.model}`, pool {max(levels)}, "
-          f"100 ms frames at 48 kHz\n")
+    encoder = "INT8" if args.int8 else "FP32"
+    beside = f", each level beside a {args.upload} s upload" if upload else ""
+    print(f"\n### Real-time WebSocket streams — model `{args.model}`, {encoder} encoder, "
+          f"pool {pool}, 100 ms frames at 48 kHz{beside}\n")
     print(common.markdown_table(
         ["streams", "audio s", "final p50 ms", "final max ms", "partial interval p50 ms",
          "partial interval max ms", "partials/stream", "server CPU %", "RSS max MB",
-         "RSS ÷ 1 stream", "VmHWM MB", "/health p99 ms", "send lag max ms"], rows))
+         "RSS ÷ 1 stream", "VmHWM MB", "/health p99 ms", "send lag max ms",
+         *(["upload s"] if upload else [])], rows))
     print("\nfinal = last audio frame sent → `final` received after `stop`; partial interval ="
           " median gap between a stream's partials (p50/max over streams).")
     problems = [f"{r['streams']} streams: {len(r['errors'])} errors, close codes "
@@ -244,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         print("Problems: " + "; ".join(problems))
     print(f"\nMachine: {common.machine_line(info)}")
     common.write_json(args.json, {"benchmark": "streaming", "model": args.model,
-                                  "pool_size": max(levels), "seconds": seconds,
+                                  "encoder": encoder.lower(), "upload_s": args.upload,
+                                  "pool_size": pool, "seconds": seconds,
                                   "machine": info, "idle": idle, "results": results})
     return 0
 

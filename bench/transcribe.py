@@ -69,7 +69,9 @@ class _OnnxAsr:
     def __init__(self, model_dir: Path) -> None:
         import onnx_asr
 
-        self.model = onnx_asr.load_model("gigaam-v3-e2e-rnnt", str(model_dir))
+        int8 = (model_dir / common.INT8_ENCODER).is_file()
+        self.model = onnx_asr.load_model("gigaam-v3-e2e-rnnt", str(model_dir),
+                                         quantization="int8" if int8 else None)
 
     def transcribe(self, samples: F32) -> str:
         return "".join(str(self.model.recognize(w, sample_rate=16000)) for w in _windows(samples))
@@ -88,7 +90,8 @@ class _Floor:
             return ort.InferenceSession(str(model_dir / name), options,
                                         providers=["CPUExecutionProvider"])
 
-        self.encoder = session("v3_e2e_rnnt_encoder.onnx")
+        int8 = model_dir / common.INT8_ENCODER
+        self.encoder = session(int8.name if int8.is_file() else "v3_e2e_rnnt_encoder.onnx")
         self.decoder = session("v3_e2e_rnnt_decoder.onnx")
         self.joint = session("v3_e2e_rnnt_joint.onnx")
         lines = (model_dir / "v3_e2e_rnnt_vocab.txt").read_text(encoding="utf-8").splitlines()
@@ -255,8 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = args.runs or (3 if args.quick or args.model == "full" else 5)
     contenders = [c for c in CONTENDERS if not args.only or c in args.only]
     info = common.machine_info()
-    model = common.model_dir(args.model)
-    print(f"model {args.model}: {model}", file=sys.stderr)
+    model = common.model_dir(args.model, int8=args.int8)
+    encoder = "INT8" if args.int8 else "FP32"
+    print(f"model {args.model} ({encoder} encoder): {model}", file=sys.stderr)
     results: list[dict[str, Any]] = []
     for label, spec, seconds in _audio_sets(args.quick):
         results += _measure(label, spec, seconds, model, contenders, runs)
@@ -278,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             common.fmt(row["load_s"], 2), same,
         ])
     rows = [[c.replace("–×", "–") for c in r] for r in rows]
-    print(f"\n### File transcription — model `{args.model}`, median of {runs} runs\n")
+    print(f"\n### File transcription — model `{args.model}`, {encoder} encoder, median of {runs}"
+          " runs\n")
     print(common.markdown_table(headers, rows))
     floor_rows = [r for r in results if "stages" in r]
     if floor_rows:
@@ -293,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         r.pop("text_key")
     common.write_json(args.json, {"benchmark": "transcribe", "model": args.model,
+                                  "encoder": encoder.lower(),
                                   "model_dir": str(model), "runs": runs, "machine": info,
                                   "results": results})
     return 0

@@ -1,14 +1,21 @@
-"""The single inference thread: round-robin across sessions, cancellation, errors, load failure.
-"""
+"""The inference lanes: live beside bulk, round-robin across sessions, cancellation, errors, load
+failure."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import threading
 
 import pytest
 
-from gigastt.engine.executor import ExecutorClosed, InferenceExecutor
+from gigastt.engine.executor import (
+    BULK_NICENESS,
+    LIVE_NICENESS,
+    ExecutorClosed,
+    InferenceExecutor,
+)
 
 
 class Resource:
@@ -18,12 +25,37 @@ class Resource:
         self.gate = threading.Event()
 
 
-def test_work_runs_on_the_thread_that_loaded_the_resource() -> None:
+def _niceness(_: Resource) -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+def test_live_work_runs_on_the_loading_thread_and_bulk_work_on_a_nicer_one() -> None:
+    """Both lanes run below the caller's priority (the event loop's), bulk below live."""
     executor: InferenceExecutor[Resource] = InferenceExecutor(Resource)
     resource = executor.start()
     try:
-        assert executor.submit("s", lambda r: threading.get_ident()).result(5) == resource.thread
-        assert resource.thread != threading.get_ident()
+        live = executor.submit("s", lambda r: threading.get_ident(), live=True).result(5)
+        bulk = executor.submit("f", lambda r: threading.get_ident()).result(5)
+        assert live == resource.thread and bulk not in (live, threading.get_ident())
+        if sys.platform == "linux":
+            here = _niceness(resource)
+            assert executor.submit("s", _niceness, live=True).result(5) == min(
+                19, here + LIVE_NICENESS)
+            assert executor.submit("f", _niceness).result(5) == min(19, here + BULK_NICENESS)
+            assert _niceness(resource) == here  # the process itself is untouched
+    finally:
+        executor.close(5)
+
+
+def test_live_work_is_served_while_a_bulk_job_runs() -> None:
+    executor: InferenceExecutor[Resource] = InferenceExecutor(Resource)
+    resource = executor.start()
+    try:
+        bulk = executor.submit("upload", lambda r: r.gate.wait(5))
+        assert executor.submit("stream", lambda r: "partial", live=True).result(5) == "partial"
+        assert not bulk.done()
+        resource.gate.set()
+        assert bulk.result(5) is True
     finally:
         executor.close(5)
 
@@ -100,7 +132,7 @@ def test_load_failure_is_raised_by_start_and_close_rejects_new_work() -> None:
         executor.submit("a", lambda r: None)
 
 
-def test_batchable_items_of_different_sessions_are_served_together_live_first() -> None:
+def test_batchable_items_of_different_sessions_of_one_lane_are_served_together() -> None:
     batches: list[list[str]] = []
 
     def batch(resource: Resource, items: list[str]) -> list[str]:
@@ -110,16 +142,18 @@ def test_batchable_items_of_different_sessions_are_served_together_live_first() 
     executor: InferenceExecutor[Resource] = InferenceExecutor(Resource, batch=batch)
     resource = executor.start()
     try:
-        blocker = executor.submit("block", lambda r: r.gate.wait(5))
+        blockers = [executor.submit("block", lambda r: r.gate.wait(5), live=live)
+                    for live in (True, False)]
         bulk = [executor.submit_item("upload", f"u{i}") for i in range(3)]
+        bulk += [executor.submit_item("upload2", "v0")]
         live = [executor.submit_item(f"s{n}", f"s{n}", live=True) for n in range(3)]
-        plain = executor.submit("x", lambda r: "plain")
+        plain = executor.submit("x", lambda r: "plain", live=True)
         resource.gate.set()
-        assert blocker.result(5) is True
+        assert [f.result(5) for f in blockers] == [True, True]
         assert [f.result(5) for f in live] == ["S0", "S1", "S2"]
-        assert [f.result(5) for f in bulk] == ["U0", "U1", "U2"]
+        assert [f.result(5) for f in bulk] == ["U0", "U1", "U2", "V0"]
         assert plain.result(5) == "plain"
-        # Live sessions first, in one batch; one item per session per batch (fairness).
-        assert batches == [["s0", "s1", "s2"], ["u0"], ["u1"], ["u2"]]
+        # Each lane batches its own sessions; one item per session per batch (fairness).
+        assert sorted(batches) == [["s0", "s1", "s2"], ["u0", "v0"], ["u1"], ["u2"]]
     finally:
         executor.close(5)

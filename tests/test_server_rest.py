@@ -3,18 +3,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gigastt import __version__
 from gigastt.testing.audio import speech_like, wav_bytes
 from tests.serverproc import ServerProcess, get, parse_response, raw_exchange
+from tests.wsclient import stream
 
 UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
@@ -54,6 +57,24 @@ def test_r2_transcribe_wav(server: ServerProcess) -> None:
     for word in body["words"]:
         assert list(word) == ["word", "start", "end", "confidence"]
     assert body["text"] == " ".join(w["word"] for w in body["words"])
+
+
+def test_file_replies_are_unchanged_by_concurrent_streams_and_uploads(
+        server: ServerProcess) -> None:
+    """Both inference lanes busy at once, and two uploads decoded in lock-step, change no byte."""
+    body = wav_bytes(speech_like(45.0, seed=11))  # three windows
+    alone = server.request("POST", "/v1/transcribe", body)
+    assert alone.status == 200 and len(alone.json()["words"]) > 20  # type: ignore[index]
+
+    async def busy() -> list[Any]:
+        streams = [stream(server, speech_like(6.0, seed=n), 1600, pace=0.05) for n in range(2)]
+        uploads = [asyncio.to_thread(server.request, "POST", "/v1/transcribe", body)
+                   for _ in range(2)]
+        return await asyncio.gather(*streams, *uploads)
+
+    (first, _), (second, _), *replies = asyncio.run(busy())
+    assert [m["type"] for m in (first[-1], second[-1])] == ["final", "final"]
+    assert [(r.status, r.body) for r in replies] == [(200, alone.body)] * 2
 
 
 def test_r3_empty_body(server: ServerProcess) -> None:

@@ -1,7 +1,7 @@
-"""The single inference thread: it owns the model, and asyncio callers await the work they hand it.
+"""The inference lanes: two threads share the one model, and asyncio callers await their work.
 
-Work is queued per session and served round-robin, live streams before bulk files; recognition
-requests from different sessions are decoded together in one batch.
+Live streams and bulk files each have a lane; within a lane, work is queued per session, served
+round-robin, and recognition requests from different sessions are decoded together in one batch.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
+import sys
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
@@ -28,6 +30,15 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 MAX_BATCH = 8
+# Scheduling priorities, in nice steps below the process's own. The event loop keeps the process
+# priority and so outranks inference (its latency stays low when the cores are saturated). A bulk
+# window's encoder call runs for a second or more and cannot be interrupted, so bulk work has a
+# lane of its own, well below the live lane: a live pass started meanwhile takes the cores first
+# instead of waiting for the call to end (docs/benchmarks.md §5).
+LIVE_NICENESS = 5
+BULK_NICENESS = 15
+
+LIVE, BULK = 0, 1
 
 
 class ExecutorClosed(RuntimeError):
@@ -41,12 +52,30 @@ class _Job:
     item: Any = None  # or an item for the batch function, run with other sessions' items
 
 
-class InferenceExecutor(Generic[R]):
-    """Runs work against one resource ``R`` (the recognizer) on one dedicated thread.
+def lower_thread_priority(niceness: int) -> None:
+    """Make the calling thread ``niceness`` steps nicer (Linux; elsewhere a no-op).
 
-    ``load`` runs on that thread too, so the model is created by, and only ever touched from, the
-    thread that owns it. ``batch(resource, items)`` serves ``submit_item`` work: the thread takes
-    the head item of up to ``MAX_BATCH`` sessions of the same class and hands them over at once.
+    Only Linux applies ``setpriority`` to a single thread; other systems would renice the process.
+    Threads created afterwards by the calling thread (onnxruntime's workers) inherit the value.
+    """
+    if sys.platform != "linux":
+        return
+    tid = threading.get_native_id()
+    try:
+        niceness += os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, niceness))
+    except OSError as exc:  # a seccomp profile may forbid it; fairness degrades, nothing breaks
+        log.warning("cannot lower the inference priority: %s", exc.strerror or exc)
+
+
+class InferenceExecutor(Generic[R]):
+    """Runs work against one resource ``R`` (the recognizer) on two threads, live and bulk.
+
+    ``load`` runs on the live thread, which creates the model (and onnxruntime's worker threads,
+    which inherit its priority); the bulk thread starts once it is loaded. Both run below the
+    event loop's priority, bulk far below live. ``batch(resource, items)`` serves ``submit_item``
+    work: a lane takes the head item of up to ``MAX_BATCH`` of its sessions at once. The resource
+    must allow one call from each lane at a time (onnxruntime sessions do).
     """
 
     def __init__(self, load: Callable[[], R], *,
@@ -54,45 +83,46 @@ class InferenceExecutor(Generic[R]):
                  name: str = "gigastt-inference") -> None:
         self._load = load
         self._batch = batch
-        # Two rings of per-session queues: live streams are always served before bulk work.
+        # One ring of per-session queues per lane.
         self._rings: tuple[OrderedDict[Hashable, deque[_Job]], ...] = (OrderedDict(),
                                                                          OrderedDict())
         self._wake = threading.Condition()
         self._closed = False
         self._ready: concurrent.futures.Future[R] = concurrent.futures.Future()
-        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._threads = (
+            threading.Thread(target=self._live_main, name=f"{name}-live", daemon=True),
+            threading.Thread(target=self._bulk_main, name=f"{name}-bulk", daemon=True),
+        )
 
     def start(self) -> R:
-        """Start the thread and wait for the model to load; re-raises a load failure."""
-        self._thread.start()
-        return self._ready.result()
+        """Start the lanes and wait for the model to load; re-raises a load failure."""
+        self._threads[LIVE].start()
+        resource = self._ready.result()
+        self._threads[BULK].start()
+        return resource
 
     def close(self, timeout: float | None = None) -> None:
-        """Finish the work already queued, then stop the thread."""
+        """Finish the work already queued, then stop the threads."""
         with self._wake:
             self._closed = True
-            self._wake.notify()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    @property
-    def pending(self) -> int:
-        with self._wake:
-            return sum(len(q) for ring in self._rings for q in ring.values())
+            self._wake.notify_all()
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(timeout)
 
     def _enqueue(self, session: Hashable, job: _Job, live: bool) -> None:
         with self._wake:
             if self._closed:
                 raise ExecutorClosed("inference executor is closed")
-            self._rings[0 if live else 1].setdefault(session, deque()).append(job)
-            self._wake.notify()
+            self._rings[LIVE if live else BULK].setdefault(session, deque()).append(job)
+            self._wake.notify_all()
 
     def submit(self, session: Hashable, work: Callable[[R], T], *,
                live: bool = False) -> concurrent.futures.Future[T]:
         """Queue ``work`` behind this session's earlier work; returns a thread-safe future.
 
-        A future cancelled before the thread reaches it is skipped, so a caller that goes away
-        costs nothing.
+        A future cancelled before a lane reaches it is skipped, so a caller that goes away costs
+        nothing.
         """
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         self._enqueue(session, _Job(future, work=work), live)
@@ -114,14 +144,14 @@ class InferenceExecutor(Generic[R]):
     async def run_item(self, session: Hashable, item: Any, *, live: bool = False) -> Any:
         return await asyncio.wrap_future(self.submit_item(session, item, live=live))
 
-    def _take(self) -> list[_Job] | None:
-        """The next job, or several batchable jobs of different sessions; None when closed."""
+    def _take(self, lane: int) -> list[_Job] | None:
+        """The lane's next job, or batchable jobs of several sessions; None when closed and idle."""
+        ring = self._rings[lane]
         with self._wake:
-            while not any(self._rings):
+            while not ring:
                 if self._closed:
                     return None
                 self._wake.wait()
-            ring = self._rings[0] if self._rings[0] else self._rings[1]
             first = next(iter(ring))
             taken = [self._pop(ring, first)]
             if taken[0].work is None:
@@ -138,14 +168,22 @@ class InferenceExecutor(Generic[R]):
             ring[session] = queue  # back of the ring: round-robin
         return job
 
-    def _main(self) -> None:
+    def _live_main(self) -> None:
+        lower_thread_priority(LIVE_NICENESS)
         try:
             resource = self._load()
         except BaseException as exc:  # the caller of start() reports it
             self._ready.set_exception(exc)
             return
         self._ready.set_result(resource)
-        while (jobs := self._take()) is not None:
+        self._serve(LIVE, resource)
+
+    def _bulk_main(self) -> None:
+        lower_thread_priority(BULK_NICENESS)
+        self._serve(BULK, self._ready.result())
+
+    def _serve(self, lane: int, resource: R) -> None:
+        while (jobs := self._take(lane)) is not None:
             jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]
             if not jobs:
                 continue
@@ -174,7 +212,7 @@ def recognition_executor(load: Callable[[], Recognizer]) -> InferenceExecutor[Re
 
 async def recognize(executor: InferenceExecutor[Recognizer], session: Hashable,
                     samples: npt.NDArray[np.float32], *, live: bool = False) -> list[Token]:
-    """Tokens of one window, computed on the inference thread (batched with other sessions)."""
+    """Tokens of one window, computed on a lane (batched with that lane's other sessions)."""
     tokens: list[Token] = await executor.run_item(session, samples, live=live)
     return tokens
 

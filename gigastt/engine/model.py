@@ -57,8 +57,9 @@ def missing_files(model_dir: Path) -> list[str]:
 def session_options(threads: int) -> ort.SessionOptions:
     """Options shared by the three sessions.
 
-    One executor thread drives every session, so inter-op parallelism buys nothing; intra-op
-    threads (0 = onnxruntime's choice, one per core) parallelise the encoder's matrix work.
+    Each call comes from one of the executor's lane threads and runs its graph in order, so
+    inter-op parallelism buys nothing; intra-op threads (0 = onnxruntime's choice, one per core)
+    parallelise the encoder's matrix work.
     """
     # Local-first: the Linux wheel carries a telemetry client; make sure it stays silent.
     ort.disable_telemetry_events()
@@ -100,8 +101,8 @@ class ModelInfo:
 
 
 class GigaamModel:
-    """Encoder, decoder and joint sessions plus the vocabulary. Not thread-safe by design:
-    exactly one inference thread owns an instance."""
+    """Encoder, decoder and joint sessions plus the vocabulary; immutable once loaded, so the
+    executor's two lanes may call it at the same time (onnxruntime's ``run`` is thread-safe)."""
 
     def __init__(self, model_dir: Path, *, threads: int = 0) -> None:
         absent = missing_files(model_dir)

@@ -60,7 +60,7 @@ def split_windows(samples: F32, window_seconds: float = WINDOW_SECONDS) -> list[
 
 
 class Recognizer:
-    """Speech to tokens and words on one ``GigaamModel``; used only by the inference thread."""
+    """Speech to tokens and words on one ``GigaamModel``; stateless, used by the inference lanes."""
 
     def __init__(self, model: GigaamModel, *, max_symbols: int = MAX_SYMBOLS_PER_FRAME) -> None:
         self.model = model

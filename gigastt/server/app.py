@@ -1,4 +1,4 @@
-"""Server assembly: bind guard, model load on the inference thread, listener, connection cap, drain.
+"""Server assembly: bind guard, model load on the inference lane, listener, connection cap, drain.
 
 ``run_server`` is what ``gigastt serve`` calls; it returns the process exit code.
 """

@@ -157,7 +157,7 @@ async def transcribe(state: ServerState, request: Request, body: Body) -> Reply:
         return slot
     started = time.monotonic()
     try:
-        # Decoding and resampling are CPU work: off the event loop, beside the inference thread.
+        # Decoding and resampling are CPU work: off the event loop and the inference lanes.
         samples = await asyncio.to_thread(load_audio, data)
         del data
         result = await inference.transcribe(state.executor, state.vocab, samples)
