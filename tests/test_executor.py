@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -25,75 +26,72 @@ class Resource:
         self.gate = threading.Event()
 
 
+@pytest.fixture
+def lanes() -> Iterator[tuple[InferenceExecutor[Resource], Resource]]:
+    """A started executor over a fresh ``Resource``, closed after the test."""
+    executor: InferenceExecutor[Resource] = InferenceExecutor(Resource)
+    resource = executor.start()
+    yield executor, resource
+    executor.close(5)
+
+
 def _niceness(_: Resource) -> int:
     return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
 
-def test_live_work_runs_on_the_loading_thread_and_bulk_work_on_a_nicer_one() -> None:
+def test_live_work_runs_on_the_loading_thread_and_bulk_work_on_a_nicer_one(
+        lanes: tuple[InferenceExecutor[Resource], Resource]) -> None:
     """Both lanes run below the caller's priority (the event loop's), bulk below live."""
-    executor: InferenceExecutor[Resource] = InferenceExecutor(Resource)
-    resource = executor.start()
-    try:
-        live = executor.submit("s", lambda r: threading.get_ident(), live=True).result(5)
-        bulk = executor.submit("f", lambda r: threading.get_ident()).result(5)
-        assert live == resource.thread and bulk not in (live, threading.get_ident())
-        if sys.platform == "linux":
-            here = _niceness(resource)
-            assert executor.submit("s", _niceness, live=True).result(5) == min(
-                19, here + LIVE_NICENESS)
-            assert executor.submit("f", _niceness).result(5) == min(19, here + BULK_NICENESS)
-            assert _niceness(resource) == here  # the process itself is untouched
-    finally:
-        executor.close(5)
+    executor, resource = lanes
+    live = executor.submit("s", lambda r: threading.get_ident(), live=True).result(5)
+    bulk = executor.submit("f", lambda r: threading.get_ident()).result(5)
+    assert live == resource.thread and bulk not in (live, threading.get_ident())
+    if sys.platform == "linux":
+        here = _niceness(resource)
+        assert executor.submit("s", _niceness, live=True).result(5) == min(
+            19, here + LIVE_NICENESS)
+        assert executor.submit("f", _niceness).result(5) == min(19, here + BULK_NICENESS)
+        assert _niceness(resource) == here  # the process itself is untouched
 
 
-def test_live_work_is_served_while_a_bulk_job_runs() -> None:
-    executor: InferenceExecutor[Resource] = InferenceExecutor(Resource)
-    resource = executor.start()
-    try:
-        bulk = executor.submit("upload", lambda r: r.gate.wait(5))
-        assert executor.submit("stream", lambda r: "partial", live=True).result(5) == "partial"
-        assert not bulk.done()
-        resource.gate.set()
-        assert bulk.result(5) is True
-    finally:
-        executor.close(5)
+def test_live_work_is_served_while_a_bulk_job_runs(
+        lanes: tuple[InferenceExecutor[Resource], Resource]) -> None:
+    executor, resource = lanes
+    bulk = executor.submit("upload", lambda r: r.gate.wait(5))
+    assert executor.submit("stream", lambda r: "partial", live=True).result(5) == "partial"
+    assert not bulk.done()
+    resource.gate.set()
+    assert bulk.result(5) is True
 
 
-def test_sessions_are_served_round_robin() -> None:
-    executor: InferenceExecutor[Resource] = InferenceExecutor(Resource)
-    resource = executor.start()
-    try:
-        blocker = executor.submit("block", lambda r: r.gate.wait(5))
-        futures = [executor.submit("upload", lambda r, i=i: r.log.append(f"u{i}"))
-                   for i in range(4)]
-        futures += [executor.submit(f"stream{n}", lambda r, n=n: r.log.append(f"s{n}"))
-                    for n in range(2)]
-        resource.gate.set()
-        for f in [blocker, *futures]:
-            f.result(5)
-        # The upload queued four windows first, yet each stream is served after at most one.
-        assert resource.log == ["u0", "s0", "s1", "u1", "u2", "u3"]
-    finally:
-        executor.close(5)
+def test_sessions_are_served_round_robin(
+        lanes: tuple[InferenceExecutor[Resource], Resource]) -> None:
+    executor, resource = lanes
+    blocker = executor.submit("block", lambda r: r.gate.wait(5))
+    futures = [executor.submit("upload", lambda r, i=i: r.log.append(f"u{i}"))
+               for i in range(4)]
+    futures += [executor.submit(f"stream{n}", lambda r, n=n: r.log.append(f"s{n}"))
+                for n in range(2)]
+    resource.gate.set()
+    for f in [blocker, *futures]:
+        f.result(5)
+    # The upload queued four windows first, yet each stream is served after at most one.
+    assert resource.log == ["u0", "s0", "s1", "u1", "u2", "u3"]
 
 
-def test_cancelled_work_is_skipped_and_errors_reach_the_caller() -> None:
-    executor: InferenceExecutor[Resource] = InferenceExecutor(Resource)
-    resource = executor.start()
-    try:
-        blocker = executor.submit("a", lambda r: r.gate.wait(5))
-        skipped = executor.submit("a", lambda r: r.log.append("ran"))
-        assert skipped.cancel()
-        failing = executor.submit("b", lambda r: 1 / 0)
-        resource.gate.set()
-        blocker.result(5)
-        with pytest.raises(ZeroDivisionError):
-            failing.result(5)
-        assert executor.submit("c", lambda r: 42).result(5) == 42
-        assert resource.log == []
-    finally:
-        executor.close(5)
+def test_cancelled_work_is_skipped_and_errors_reach_the_caller(
+        lanes: tuple[InferenceExecutor[Resource], Resource]) -> None:
+    executor, resource = lanes
+    blocker = executor.submit("a", lambda r: r.gate.wait(5))
+    skipped = executor.submit("a", lambda r: r.log.append("ran"))
+    assert skipped.cancel()
+    failing = executor.submit("b", lambda r: 1 / 0)
+    resource.gate.set()
+    blocker.result(5)
+    with pytest.raises(ZeroDivisionError):
+        failing.result(5)
+    assert executor.submit("c", lambda r: 42).result(5) == 42
+    assert resource.log == []
 
 
 def test_async_run_and_cancellation_from_the_event_loop() -> None:
