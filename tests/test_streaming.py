@@ -105,3 +105,24 @@ def test_utterance_cap_finalises_without_losing_the_tail(tone: Recognizer) -> No
     whole = tone.transcribe(audio).text
     assert len([s for s in segments if s.kind == "final"]) >= 2
     assert text.replace(" ", "") == whole.replace(" ", "")
+
+
+def test_a_backlog_is_caught_up_in_passes_of_bounded_length(tone: Recognizer) -> None:
+    # A client far ahead of the server (or a saturated server) leaves a minute of audio waiting;
+    # each pass still covers at most the cap plus one interval, and nothing is lost.
+    audio = tone_sequence((HELLO + HOW) * 10, tone_s=0.2, gap_s=0.5, lead_s=0.3)
+    assert len(audio) > 60 * 16000
+    s = StreamingRecognizer(tone.model.vocab)
+    s.feed(audio)
+    lengths: list[int] = []
+    segments: list[Segment] = []
+    while (job := s.next_pass()) is not None:
+        lengths.append(job.samples.shape[0])
+        segments += s.on_result(job, tone.tokens(job.samples))
+    final = s.finish()
+    lengths.append(final.samples.shape[0])
+    segments += s.on_result(final, tone.tokens(final.samples))
+    assert max(lengths) <= 20.5 * 16000
+    assert len(lengths) >= 4
+    text = " ".join(finals(segments))
+    assert text.replace(" ", "") == tone.transcribe(audio).text.replace(" ", "")

@@ -64,14 +64,23 @@ class StreamingRecognizer:
         self._interval = int(partial_interval * MODEL_RATE)
         self._endpoint_frames = round(endpoint_silence * MODEL_RATE / FRAME_SAMPLES)
         self._max_samples = int(max_utterance * MODEL_RATE)
-        self._buffer = np.zeros(0, np.float32)
+        # Longest pass: past the cap every pass ends the utterance, so a session that fell behind
+        # (a fast client, a saturated server) catches up in passes of bounded cost and memory,
+        # never one pass over its whole backlog (the encoder also stops at 200 s).
+        self._pass_limit = self._max_samples + self._interval
+        self._store = np.zeros(self._interval, np.float32)
+        self._size = 0  # the utterance buffer is self._store[: self._size]
         self._offset_frames = 0  # encoder frames from stream start to the utterance start
-        self._recognised = 0  # buffer length at the last pass
+        self._recognised = 0  # how much of the buffer the last pass covered
         self._last_text = ""
 
     @property
+    def _buffer(self) -> F32:
+        return self._store[: self._size]
+
+    @property
     def buffered_seconds(self) -> float:
-        return self._buffer.shape[0] / MODEL_RATE
+        return self._size / MODEL_RATE
 
     def feed(self, samples: F32) -> None:
         """Append audio at the input rate."""
@@ -79,28 +88,38 @@ class StreamingRecognizer:
 
     def next_pass(self) -> Pass | None:
         """The pass to run now, if enough new audio has arrived since the last one."""
-        if self._buffer.shape[0] - self._recognised < self._interval:
+        if self._size - self._recognised < self._interval:
             return None
-        self._recognised = self._buffer.shape[0]
-        return Pass(self._buffer, final=False)
+        self._recognised = min(self._size, self._pass_limit)
+        return Pass(self._store[: self._recognised], final=False)
 
     def finish(self) -> Pass:
-        """The last pass over everything buffered (stop, shutdown, session cap)."""
+        """The last pass over everything buffered (stop, shutdown, session cap).
+
+        Run the passes still due first: then the buffer is within one pass's limit.
+        """
         if self._resampler is not None:
             self._append(self._resampler.flush())
             self._resampler = None
-        self._recognised = self._buffer.shape[0]
+        self._recognised = self._size
         return Pass(self._buffer, final=True)
 
     def _append(self, samples: F32) -> None:
-        if samples.size:
-            self._buffer = np.concatenate([self._buffer, samples.astype(np.float32, copy=False)])
+        # In place, growing by doubling: a pass in flight holds a view of the samples before
+        # self._size, which appends never touch.
+        end = self._size + samples.shape[0]
+        if end > self._store.shape[0]:
+            grown = np.empty(max(end, 2 * self._store.shape[0]), np.float32)
+            grown[: self._size] = self._buffer
+            self._store = grown
+        self._store[self._size : end] = samples
+        self._size = end
 
     def on_result(self, done: Pass, tokens: list[Token]) -> list[Segment]:
         """Turn a finished pass into the messages to send (at most one partial and one final)."""
         words = self._vocab.words(tokens, frame_offset=self._offset_frames)
         if done.final:
-            self._restart(self._buffer.shape[0] // FRAME_SAMPLES * FRAME_SAMPLES)
+            self._restart(self._size // FRAME_SAMPLES * FRAME_SAMPLES)
             return [Segment("final", tuple(words))]
         frames = _encoder_frames(done.samples.shape[0])
         if not words:
@@ -154,7 +173,8 @@ class StreamingRecognizer:
         ``recognised`` is how much of the buffer the finished pass covered: audio it already
         saw does not count as new audio towards the next pass.
         """
-        self._buffer = self._buffer[cut:]
+        self._store = self._store[cut : self._size].copy()
+        self._size = self._store.shape[0]
         self._offset_frames += cut // FRAME_SAMPLES
         self._recognised = max(0, recognised - cut)
         self._last_text = ""
