@@ -218,6 +218,25 @@ def test_final_on_stop_contains_pending_words_and_timestamps_are_stream_relative
     assert all(m["type"] == "partial" for m in messages[:-1])
 
 
+def test_a_client_far_ahead_of_real_time_loses_nothing(server: ServerProcess) -> None:
+    # A minute of speech with no endpoint pause, sent at once: the server catches up in passes of
+    # at most 20.5 s, each ending in a final; together they hold the file's words, at its times.
+    audio = tone_sequence((HELLO + HOW) * 14, tone_s=0.2, gap_s=0.3, lead_s=0.3)
+    assert len(audio) > 60 * 16000
+    messages, code = asyncio.run(stream(server, audio, 16000))
+    finals = [m for m in messages if m["type"] == "final"]
+    assert code == 1000 and len(finals) >= 4
+    file = server.request("POST", "/v1/transcribe", wav_bytes(audio, 16000)).json()
+    assert isinstance(file, dict)
+    assert "".join(f["text"] for f in finals).replace(" ", "") == file["text"].replace(" ", "")
+    # Cuts (the stream's and the file's windows) may split a word in two, so compare times, not
+    # words: every streamed word starts inside a word of the file.
+    spans = [(round(w["start"], 3), round(w["end"], 3)) for w in file["words"]]
+    for start in (round(w["start"], 3) for f in finals for w in f["words"]):
+        assert any(a <= start <= b for a, b in spans), start
+    assert healthy(server)
+
+
 def test_odd_byte_frames_are_carried(server: ServerProcess) -> None:
     data = pcm16(np.concatenate([tone_sequence(HELLO), silence(1.0)]))
 

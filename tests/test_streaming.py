@@ -110,7 +110,7 @@ def test_utterance_cap_finalises_without_losing_the_tail(tone: Recognizer) -> No
 def test_a_backlog_is_caught_up_in_passes_of_bounded_length(tone: Recognizer) -> None:
     # A client far ahead of the server (or a saturated server) leaves a minute of audio waiting;
     # each pass still covers at most the cap plus one interval, and nothing is lost.
-    audio = tone_sequence((HELLO + HOW) * 10, tone_s=0.2, gap_s=0.5, lead_s=0.3)
+    audio = tone_sequence((HELLO + HOW) * 14, tone_s=0.2, gap_s=0.3, lead_s=0.3)
     assert len(audio) > 60 * 16000
     s = StreamingRecognizer(tone.model.vocab)
     s.feed(audio)
