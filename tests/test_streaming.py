@@ -10,7 +10,7 @@ import pytest
 
 from gigastt.engine.model import GigaamModel
 from gigastt.engine.recognizer import Recognizer
-from gigastt.engine.streaming import Segment, StreamingRecognizer
+from gigastt.engine.streaming import Pass, Segment, StreamingRecognizer
 from gigastt.testing.audio import silence, tone_sequence
 
 HELLO = ["▁При", "вет", ",", "▁мир", "."]
@@ -23,24 +23,31 @@ def tone(tone_model: Path) -> Recognizer:
 
 
 def run(recognizer: Recognizer, audio: np.ndarray, chunk: int, *, rate: int = 16000,
-        lag: int = 0) -> list[Segment]:
-    """Feed ``audio`` in chunks; a pass finishes ``lag`` chunks after it starts (executor delay)."""
+        lag: int = 0, lengths: list[int] | None = None) -> list[Segment]:
+    """Feed ``audio`` in chunks; a pass finishes ``lag`` chunks after it starts (executor delay).
+
+    ``lengths`` collects the length of every pass, in samples.
+    """
     s = StreamingRecognizer(recognizer.model.vocab, input_rate=rate)
+
+    def recognise(job: Pass) -> list[Segment]:
+        if lengths is not None:
+            lengths.append(job.samples.shape[0])
+        return s.on_result(job, recognizer.tokens(job.samples))
+
     out: list[Segment] = []
-    pending: list[tuple[int, object]] = []
+    pending: list[tuple[int, Pass]] = []
     for n, start in enumerate(range(0, len(audio), chunk)):
         s.feed(audio[start : start + chunk])
         while pending and pending[0][0] <= n:
-            _, job = pending.pop(0)
-            out += s.on_result(job, recognizer.tokens(job.samples))  # type: ignore[attr-defined]
+            out += recognise(pending.pop(0)[1])
         if not pending and (job := s.next_pass()) is not None:
             pending.append((n + lag, job))
     for _, job in pending:
-        out += s.on_result(job, recognizer.tokens(job.samples))  # type: ignore[attr-defined]
+        out += recognise(job)
     while (job := s.next_pass()) is not None:
-        out += s.on_result(job, recognizer.tokens(job.samples))
-    final = s.finish()
-    return out + s.on_result(final, recognizer.tokens(final.samples))
+        out += recognise(job)
+    return out + recognise(s.finish())
 
 
 def finals(segments: list[Segment]) -> list[str]:
@@ -112,16 +119,8 @@ def test_a_backlog_is_caught_up_in_passes_of_bounded_length(tone: Recognizer) ->
     # each pass still covers at most the cap plus one interval, and nothing is lost.
     audio = tone_sequence((HELLO + HOW) * 14, tone_s=0.2, gap_s=0.3, lead_s=0.3)
     assert len(audio) > 60 * 16000
-    s = StreamingRecognizer(tone.model.vocab)
-    s.feed(audio)
     lengths: list[int] = []
-    segments: list[Segment] = []
-    while (job := s.next_pass()) is not None:
-        lengths.append(job.samples.shape[0])
-        segments += s.on_result(job, tone.tokens(job.samples))
-    final = s.finish()
-    lengths.append(final.samples.shape[0])
-    segments += s.on_result(final, tone.tokens(final.samples))
+    segments = run(tone, audio, len(audio), lengths=lengths)
     assert max(lengths) <= 20.5 * 16000
     assert len(lengths) >= 4
     text = " ".join(finals(segments))
