@@ -422,7 +422,9 @@ def test_sse_events_reach_the_client_as_they_are_made(stack: Stack) -> None:
         conn.close()
     assert json.loads(first_line[6:])["text"].startswith("Привет")
     assert rest.endswith(b"\n\n") or rest == b""
-    assert ended_at - first_at > 0.5, (first_at, ended_at)
+    # A buffering proxy delivers the first event with the last; a machine-speed-free check:
+    # the first event came in the first half of the response's time.
+    assert first_at < 0.5 * ended_at, (first_at, ended_at)
 
 
 def test_body_limit_matches_gigastt(stack: Stack) -> None:
