@@ -237,6 +237,25 @@ def test_a_client_far_ahead_of_real_time_loses_nothing(server: ServerProcess) ->
     assert healthy(server)
 
 
+def test_a_client_far_ahead_of_real_time_is_held_back(server: ServerProcess) -> None:
+    # Back-pressure: once a whole pass of audio waits, the server stops reading the socket, so
+    # what a fast client sends ahead waits in TCP buffers, not in the server's memory. After a
+    # warm-up that reaches that bound, 400 s more (25.6 MB as float32) barely move its peak.
+    def peak_kib() -> int:
+        status = Path(f"/proc/{server.proc.pid}/status").read_text(encoding="ascii")
+        return int(status.split("VmHWM:")[1].split()[0])
+
+    noise = np.random.default_rng(7).standard_normal(400 * 16000).astype(np.float32) * 0.1
+    _, code = asyncio.run(stream(server, noise[: 120 * 16000], 16000))
+    assert code == 1000
+    before = peak_kib()
+    _, code = asyncio.run(stream(server, noise, 16000))
+    assert code == 1000
+    # Measured: 0-6 MB with back-pressure, 58-68 MB without.
+    assert (peak_kib() - before) * 1024 < noise.nbytes / 2
+    assert healthy(server)
+
+
 def test_odd_byte_frames_are_carried(server: ServerProcess) -> None:
     data = pcm16(np.concatenate([tone_sequence(HELLO), silence(1.0)]))
 

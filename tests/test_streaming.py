@@ -125,3 +125,20 @@ def test_a_backlog_is_caught_up_in_passes_of_bounded_length(tone: Recognizer) ->
     assert len(lengths) >= 4
     text = " ".join(finals(segments))
     assert text.replace(" ", "") == tone.transcribe(audio).text.replace(" ", "")
+
+
+def test_backlogged_while_a_whole_pass_waits_beyond_the_one_in_flight(tone: Recognizer) -> None:
+    # The server stops taking a session's audio while this holds (back-pressure); the next pass
+    # takes a whole pass's worth, which ends it.
+    s = StreamingRecognizer(tone.model.vocab)
+    s.feed(np.zeros(16000, np.float32))
+    first = s.next_pass()
+    assert first is not None and not s.backlogged
+    s.feed(np.zeros(int(20.5 * 16000) - 1, np.float32))
+    assert not s.backlogged
+    s.feed(np.zeros(1, np.float32))
+    assert s.backlogged
+    assert s.on_result(first, []) == [] and s.backlogged
+    second = s.next_pass()
+    assert second is not None and second.samples.shape[0] == 20.5 * 16000
+    assert not s.backlogged

@@ -82,6 +82,16 @@ class StreamingRecognizer:
     def buffered_seconds(self) -> float:
         return self._size / MODEL_RATE
 
+    @property
+    def backlogged(self) -> bool:
+        """True while a whole pass of audio waits beyond the pass in flight.
+
+        The caller stops taking audio meanwhile (back-pressure): the next pass is already full, so
+        buffering more only costs memory, and a client far ahead of real time could grow it
+        without bound.
+        """
+        return self._size - self._recognised >= self._pass_limit
+
     def feed(self, samples: F32) -> None:
         """Append audio at the input rate."""
         self._append(samples if self._resampler is None else self._resampler.process(samples))

@@ -294,6 +294,12 @@ class Session:
                     await self._end(1001, "server shutdown")
                     return
                 now = loop.time()
+                # Behind by a whole pass: leave frames queued (the reader then stops reading the
+                # socket) until the pass in flight is done. Meanwhile the client is not idle.
+                holding = (self.pass_task is not None and self.recognizer is not None
+                           and self.recognizer.backlogged)
+                if holding:
+                    self.last_activity = time.monotonic()
                 if deadline is not None and now >= deadline:
                     await self._send_text(
                         errors.ws_error_message(ErrorCode.MAX_SESSION_DURATION_EXCEEDED))
@@ -313,9 +319,9 @@ class Session:
                     waits.append(deadline - now)
                 if next_ping is not None:
                     waits.append(next_ping - now)
-                if getter is None:
+                if getter is None and not holding:
                     getter = asyncio.ensure_future(self._next_frame())
-                pending: set[asyncio.Future[Any]] = {getter, stop}
+                pending: set[asyncio.Future[Any]] = {stop} if getter is None else {getter, stop}
                 if self.pass_task is not None:
                     pending.add(self.pass_task)
                 done, _ = await asyncio.wait(pending, timeout=max(0.0, min(waits, default=3600)),
