@@ -18,6 +18,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import wave
@@ -278,10 +279,31 @@ def proc_cpu_seconds(pid: int) -> float:
 
 
 class Server(ServerProcess):
-    """``gigastt serve --port 0`` as a subprocess (the test suite's helper), INT8 creation off."""
+    """``gigastt serve --port 0`` as a subprocess (the test suite's helper), INT8 creation off.
+
+    The server's event loop reports its own lag (``bench/looplag``); ``loop_lag`` reads it back.
+    """
 
     def __init__(self, model: Path, *args: str) -> None:
-        super().__init__(model, "--skip-quantize", *args)
+        fd, lag_file = tempfile.mkstemp(prefix="gigastt-loop-lag-", suffix=".txt")
+        os.close(fd)
+        self.lag_file = Path(lag_file)
+        env = {"BENCH_LOOP_LAG_FILE": lag_file,
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent / "looplag"),
+                                                           os.environ.get("PYTHONPATH")]))}
+        super().__init__(model, "--skip-quantize", *args, env=env)
+
+    def loop_lag(self, since: float, until: float) -> list[float]:
+        """The loop's lateness samples (seconds) taken between two ``time.monotonic()`` times.
+
+        The file is flushed once a second: wait a second after ``until`` before calling.
+        """
+        samples = []
+        for line in self.lag_file.read_text(encoding="ascii").splitlines():
+            at, lag = line.split()
+            if since <= float(at) <= until:
+                samples.append(float(lag))
+        return samples
 
     @property
     def pid(self) -> int:
@@ -292,6 +314,7 @@ class Server(ServerProcess):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+        self.lag_file.unlink(missing_ok=True)
 
 
 def free_port() -> int:

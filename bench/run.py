@@ -85,11 +85,15 @@ def streaming_rows(report: dict[str, Any], encoder: str) -> list[Row]:
 
 def upload_rows(report: dict[str, Any]) -> list[Row]:
     (r,) = report["results"]
-    lag = r["health_p99_ms"]
+    lag = r["loop_lag_p99_ms"]
+    beside = f"with {r['streams']} streams and a {report['upload_s']} s upload"
     return [
-        (f"event-loop lag (/health p99) with {r['streams']} streams and a "
-         f"{report['upload_s']} s upload", f"{lag:.1f} ms (max {r['health_max_ms']:.1f}, "
-         f"{r['health_probes']} probes)", "< 20 ms", lag < 20.0),
+        (f"event-loop lag p99 (inside the server) {beside}",
+         f"{lag:.1f} ms (max {r['loop_lag_max_ms']:.1f}, {r['loop_lag_samples']} samples)",
+         "< 20 ms", lag < 20.0),
+        (f"/health round trip p99 from another process {beside}",
+         f"{r['health_p99_ms']:.1f} ms (max {r['health_max_ms']:.1f}, "
+         f"{r['health_probes']} probes)", "", None),
         (f"{r['streams']} streams beside the upload: partial interval p50, final p50",
          f"{r['partial_interval_p50_s'] * 1e3:.0f} ms, {r['final_latency_p50_s'] * 1e3:.0f} ms; "
          f"upload {r['upload_s']:.1f} s", "", None),

@@ -61,6 +61,7 @@ class StreamResult:
     audio_s: float
     events: list[tuple[float, str]] = field(default_factory=list)  # (receive time, type)
     last_frame_at: float = 0.0
+    live_end_at: float = 0.0  # when a live source would have sent its last frame
     stop_at: float = 0.0
     max_send_lag: float = 0.0
     close_code: int | None = None
@@ -70,6 +71,14 @@ class StreamResult:
     def final_latency(self) -> float:
         finals = [t for t, kind in self.events if kind == "final" and t >= self.stop_at]
         return finals[-1] - self.last_frame_at if finals else float("nan")
+
+    @property
+    def final_after_live_end(self) -> float:
+        """Like ``final_latency``, from when the audio ended in real time.
+
+        The two differ when the server holds a client back (its ``send`` calls block).
+        """
+        return self.final_latency + self.last_frame_at - self.live_end_at
 
     @property
     def partial_intervals(self) -> list[float]:
@@ -116,6 +125,7 @@ async def run_stream(url: str, pcm: bytes, start_at: float) -> StreamResult:
                 result.max_send_lag = max(result.max_send_lag, -delay)
             await ws.send(pcm[offset : offset + frame_bytes])
         result.last_frame_at = time.perf_counter()
+        result.live_end_at = t0 + -(-len(pcm) // frame_bytes) * FRAME_S
         await ws.send(json.dumps({"type": "stop"}))
         result.stop_at = time.perf_counter()
         await asyncio.wait_for(receiver, 600)
@@ -160,6 +170,7 @@ def run_level(server: common.Server, n: int, seconds: float, clips: list[common.
     sampler = RssSampler(server.pid)
     prober = common.ProbeProcess(server.host, server.port, 0.05)
     cpu0 = common.proc_cpu_seconds(server.pid)
+    since = time.monotonic()
     wall0 = time.perf_counter()
     if upload is not None:
         uploader.start()  # runs through the whole level: the streams share the server with it
@@ -171,6 +182,7 @@ def run_level(server: common.Server, n: int, seconds: float, clips: list[common.
 
     results = asyncio.run(all_streams())
     wall = time.perf_counter() - wall0
+    until = time.monotonic()
     cpu = common.proc_cpu_seconds(server.pid) - cpu0
     probes, probe_errors = prober.stop()
     if upload is not None:
@@ -180,12 +192,16 @@ def run_level(server: common.Server, n: int, seconds: float, clips: list[common.
     latencies = [r.final_latency for r in results]
     cadences = [common.median(r.partial_intervals) for r in results]
     probes_ms = [x * 1e3 for x in probes]
+    time.sleep(1.2)  # the lag file is flushed once a second
+    lag_ms = [x * 1e3 for x in server.loop_lag(since, until)]
+    after_live_end = [r.final_after_live_end for r in results]
     return {
         "streams": n,
         "audio_s": float(np.mean([r.audio_s for r in results])),
         "final_latency_s": latencies,
         "final_latency_p50_s": common.median(latencies),
         "final_latency_max_s": max(latencies),
+        "final_after_live_end_p50_s": common.median(after_live_end),
         "partial_interval_s": cadences,
         "partial_interval_p50_s": common.median(cadences),
         "partial_interval_max_s": max(cadences),
@@ -205,6 +221,10 @@ def run_level(server: common.Server, n: int, seconds: float, clips: list[common.
         "health_max_ms": max(probes_ms) if probes_ms else float("nan"),
         "health_probes": len(probes_ms),
         "health_errors": probe_errors,
+        "loop_lag_p50_ms": common.percentile(lag_ms, 50),
+        "loop_lag_p99_ms": common.percentile(lag_ms, 99),
+        "loop_lag_max_ms": max(lag_ms) if lag_ms else float("nan"),
+        "loop_lag_samples": len(lag_ms),
         "upload_status": uploaded.get("status"),
         "upload_s": uploaded.get("seconds"),
     }
@@ -246,12 +266,14 @@ def main(argv: list[str] | None = None) -> int:
             str(r["streams"]), common.fmt(r["audio_s"], 1),
             common.fmt(r["final_latency_p50_s"] * 1e3, 0),
             common.fmt(r["final_latency_max_s"] * 1e3, 0),
+            common.fmt(r["final_after_live_end_p50_s"] * 1e3, 0),
             common.fmt(r["partial_interval_p50_s"] * 1e3, 0),
             common.fmt(r["partial_interval_max_s"] * 1e3, 0),
             common.fmt(r["partials_per_stream"], 1), common.fmt(r["server_cpu_pct"], 0),
             common.fmt(r["rss_max_mb"], 0), common.fmt(r["rss_max_mb"] / base_rss) + "×",
             common.fmt(r["hwm_mb"], 0) if r["hwm_reset"] else "–",
-            common.fmt(r["health_p99_ms"], 1), common.fmt(r["max_send_lag_s"] * 1e3, 0),
+            common.fmt(r["loop_lag_p99_ms"], 1), common.fmt(r["health_p99_ms"], 1),
+            common.fmt(r["max_send_lag_s"] * 1e3, 0),
             *([common.fmt(r["upload_s"], 1)] if upload else []),
         ])
     encoder = "INT8" if args.int8 else "FP32"
@@ -259,12 +281,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n### Real-time WebSocket streams — model `{args.model}`, {encoder} encoder, "
           f"pool {pool}, 100 ms frames at 48 kHz{beside}\n")
     print(common.markdown_table(
-        ["streams", "audio s", "final p50 ms", "final max ms", "partial interval p50 ms",
+        ["streams", "audio s", "final p50 ms", "final max ms", "final after live end p50 ms",
+         "partial interval p50 ms",
          "partial interval max ms", "partials/stream", "server CPU %", "RSS max MB",
-         "RSS ÷ 1 stream", "VmHWM MB", "/health p99 ms", "send lag max ms",
+         "RSS ÷ 1 stream", "VmHWM MB", "loop lag p99 ms", "/health p99 ms", "send lag max ms",
          *(["upload s"] if upload else [])], rows))
-    print("\nfinal = last audio frame sent → `final` received after `stop`; partial interval ="
-          " median gap between a stream's partials (p50/max over streams).")
+    print("\nfinal = last audio frame sent → `final` received after `stop` (after live end: from"
+          " when the audio ended in real time; they differ when the server holds a client back,"
+          " see send lag); partial interval = median gap between a stream's partials (p50/max"
+          " over streams); loop lag = how late the server's event loop woke from 10 ms sleeps,"
+          " measured inside the server; /health = a separate process's GET round trip.")
     problems = [f"{r['streams']} streams: {len(r['errors'])} errors, close codes "
                 f"{r['close_codes']}" for r in results
                 if r["errors"] or any(c != 1000 for c in r["close_codes"])]
