@@ -153,7 +153,7 @@ class RssSampler:
         return self.max_rss
 
 
-def run_level(server: common.Server, n: int, seconds: float, clips: list[common.F32],
+def run_level(server: common.WatchedServer, n: int, seconds: float, clips: list[common.F32],
               upload: bytes | None = None) -> dict[str, Any]:
     audio = [stream_audio(i, seconds, clips) for i in range(n)]
     uploaded: dict[str, float] = {}
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         upload = wav_bytes(np.load(common.synthetic_audio(args.upload, seed=args.upload)))
     results: list[dict[str, Any]] = []
     pool = max(levels) + (1 if upload else 0)
-    with common.Server(model, "--pool-size", str(pool)) as server:
+    with common.WatchedServer(model, "--pool-size", str(pool)) as server:
         time.sleep(1.0)
         idle = common.proc_status(server.pid)
         for n in levels:

@@ -1,6 +1,6 @@
 """Benchmarks only: measures the event loop's own lag inside a ``gigastt serve`` process.
 
-``bench/common.Server`` puts this directory on the server's PYTHONPATH. With
+``bench/common.WatchedServer`` puts this directory on the server's PYTHONPATH. With
 $BENCH_LOOP_LAG_FILE set, every event loop the process creates runs a task that sleeps 10 ms
 again and again and appends each wake-up's CLOCK_MONOTONIC time and lateness (seconds) to that
 file, so a harness can take any window's percentiles. The server's own code is not touched.
