@@ -233,7 +233,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bind-all", action="store_true", default=None,
                         help="allow a non-loopback --host (also env GIGASTT_ALLOW_BIND_ANY=1)")
     parser.add_argument("--allow-origin", action="append", default=None, metavar="URL",
-                        help="extra allowed browser Origin (repeatable)")
+                        help="extra allowed browser Origin (repeatable; `null` must be listed "
+                        "to be allowed)")
     parser.add_argument("--cors-allow-any", action="store_true", default=None,
                         help="allow every Origin (access-control-allow-origin: *)")
     for key in LIMIT_KEYS:

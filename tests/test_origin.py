@@ -95,9 +95,12 @@ def test_allowlist_folds_ascii_only() -> None:
 
 
 @pytest.mark.parametrize("null", ["null", "NULL", "Null"])
-def test_m3_null_allowed_without_echo(null: str) -> None:
-    assert OriginPolicy().decide(null) == OriginDecision(allowed=True, headers=())
-    assert OriginPolicy(allow_any=True).decide(null).headers == ()
+def test_null_origin_is_refused_unless_listed(null: str) -> None:
+    # D21: sandboxed iframes and data: pages of any site send "null".
+    assert not OriginPolicy().decide(null).allowed
+    assert not OriginPolicy(["https://app.example.com"]).decide(null).allowed
+    assert OriginPolicy(["null"]).decide(null).headers == cors(null.encode())
+    assert OriginPolicy(allow_any=True).decide(null).headers == cors(b"*")
 
 
 def test_m3_allow_any() -> None:

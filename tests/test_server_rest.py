@@ -17,7 +17,7 @@ import pytest
 from gigastt import __version__
 from gigastt.testing.audio import speech_like, wav_bytes
 from tests.serverproc import ServerProcess, get, parse_response, raw_exchange
-from tests.wsclient import stream
+from tests.wsclient import handshake, stream
 
 UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
@@ -190,6 +190,37 @@ def test_m2_origin_policy(server: ServerProcess) -> None:
     listed = server.request("GET", "/nope", headers={"Origin": "https://app.example.com"})
     assert listed.status == 404
     assert listed.headers["access-control-allow-origin"] == "https://app.example.com"
+
+
+def null_origin_answers(server: ServerProcess) -> tuple[int, int, int]:
+    """(REST, preflight, WebSocket upgrade) statuses for ``Origin: null``."""
+    null = {"Origin": "null"}
+    rest = server.request("GET", "/v1/models", headers=null).status
+    preflight = server.request("OPTIONS", "/v1/transcribe", headers={
+        **null, "Access-Control-Request-Method": "POST"}).status
+    with server.connect() as sock:
+        upgrade, _, _ = parse_response(raw_exchange(sock, handshake(extra="Origin: null\r\n")))
+    return rest, preflight, upgrade
+
+
+def test_null_origin_is_refused(server: ServerProcess) -> None:
+    # D21: sandboxed iframes and data: pages of any web site send "null".
+    assert null_origin_answers(server) == (403, 403, 403)
+    denied = server.request("POST", "/v1/transcribe", body=wav_bytes(speech_like(1.0)),
+                            headers={"Origin": "null"})
+    assert denied.status == 403
+    assert denied.json() == {"code": "origin_denied", "error": "Origin not allowed"}
+    assert healthy(server)
+
+
+def test_null_origin_allowed_when_listed(small_model: Path) -> None:
+    proc = ServerProcess(small_model, "--allow-origin", "null")
+    try:
+        assert null_origin_answers(proc) == (200, 204, 101)
+        reply = proc.request("GET", "/v1/models", headers={"Origin": "null"})
+        assert reply.headers["access-control-allow-origin"] == "null"
+    finally:
+        assert proc.stop() == 0
 
 
 def test_preflight(server: ServerProcess) -> None:

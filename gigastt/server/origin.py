@@ -1,6 +1,6 @@
 """Origin policy: which browser origins may call the API, and the CORS headers they get.
 
-Sans-I/O: takes the Origin header value, returns a decision (server.md §5).
+Sans-I/O: takes the Origin header value, returns a decision (docs/api.md "Origin policy").
 """
 
 from __future__ import annotations
@@ -92,7 +92,9 @@ class OriginPolicy:
         """Decide for the first ``Origin`` header value (bytes are read as Latin-1)."""
         if isinstance(origin, bytes):
             origin = origin.decode("latin-1")
-        if origin is None or not _is_visible_ascii(origin) or _ascii_lower(origin) == "null":
+        # "null" is an origin like any other (D21 in docs/decisions.md): sandboxed iframes and
+        # data: pages of every web site send it, so allowing it would let any site drive us.
+        if origin is None or not _is_visible_ascii(origin):
             return _ALLOWED_PLAIN
         if self._allow_any:
             return self._any
