@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gigastt.engine import audio
 from gigastt.engine.audio import (
     AudioError,
     AudioTooLongError,
@@ -22,6 +21,8 @@ from gigastt.engine.audio import (
     MalformedWavError,
     NonFiniteSampleError,
     UnsupportedFormatError,
+    UnsupportedSampleRateError,
+    containers,
     decode_audio,
     load_audio,
     pcm16_to_float,
@@ -29,6 +30,7 @@ from gigastt.engine.audio import (
     supported_formats,
     to_model_rate,
 )
+from gigastt.engine.audio import wav as wav_reader
 
 GOLOS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "golos"
 GUID_TAIL = bytes.fromhex("000000001000800000aa00389b71")
@@ -170,9 +172,10 @@ def test_six_channels_are_averaged() -> None:
     assert np.allclose(got.samples, frames.mean(axis=1) / 2**23, atol=1e-6)
 
 
-def test_any_rate_is_accepted() -> None:
-    got = read_wav(wav(pcm16([1, 2, 3]), rate=1))
-    assert got.rate == 1 and got.duration == 3.0
+@pytest.mark.parametrize("rate", [8000, 8001, 11025, 383999, 384000])
+def test_any_rate_in_range_is_accepted(rate: int) -> None:
+    got = read_wav(wav(pcm16([1, 2, 3]), rate=rate))
+    assert got.rate == rate and got.duration == 3 / rate
 
 
 # --- layout: padding, unknown chunks, order, RF64, streaming sizes ----------------------------
@@ -314,6 +317,16 @@ MALFORMED: dict[str, tuple[bytes, type[AudioError], str]] = {
     ),
     "zero channels": (wav(b"", channels=0), MalformedWavError, "declares 0 channels"),
     "zero rate": (wav(pcm16([1]), rate=0), MalformedWavError, "sample rate of 0 Hz"),
+    "rate below range": (
+        wav(pcm16([1]), rate=7999),
+        UnsupportedSampleRateError,
+        "WAV sample rate 7999 Hz is outside the supported range 8000–384000 Hz",
+    ),
+    "rate above range": (
+        wav(pcm16([1]), rate=0xFFFFFFFB, byte_rate=0),
+        UnsupportedSampleRateError,
+        "WAV sample rate 4294967291 Hz is outside the supported range 8000–384000 Hz",
+    ),
     "odd pcm bits": (
         wav(pcm16([1]), bits=12, block_align=2),
         MalformedWavError,
@@ -421,7 +434,7 @@ def _refuse_conversion(*_args: object) -> None:
 
 def test_too_long_is_rejected_from_the_header(monkeypatch: pytest.MonkeyPatch) -> None:
     data = wav(bytes(601 * 8000 * 2), rate=8000)  # a real 601 s file, 9.6 MB
-    monkeypatch.setattr(audio, "_convert", _refuse_conversion)
+    monkeypatch.setattr(wav_reader, "interleaved_to_mono", _refuse_conversion)
     with pytest.raises(AudioTooLongError, match=r"audio is 601\.0 s long; the maximum is 600 s"):
         decode_audio(data)
 
@@ -429,7 +442,7 @@ def test_too_long_is_rejected_from_the_header(monkeypatch: pytest.MonkeyPatch) -
 def test_huge_declared_length_on_a_tiny_file_is_truncation(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(audio, "_convert", _refuse_conversion)
+    monkeypatch.setattr(wav_reader, "interleaved_to_mono", _refuse_conversion)
     data = riff(chunk(b"fmt ", fmt_body(rate=8000)), chunk(b"data", bytes(16), size=601 * 16000))
     with pytest.raises(MalformedWavError, match="the file is truncated"):
         read_wav(data)
@@ -465,13 +478,13 @@ def test_empty_bytes(func: Callable[[bytes], object]) -> None:
 
 @pytest.fixture
 def no_extras(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(audio, "_load_soundfile", lambda: None)
-    monkeypatch.setattr(audio, "_load_av", lambda: None)
+    monkeypatch.setattr(containers, "_load_soundfile", lambda: None)
+    monkeypatch.setattr(containers, "_load_av", lambda: None)
 
 
 def _random_bytes() -> bytes:
     data = np.random.default_rng(1234).integers(0, 256, 4096, dtype=np.uint8).tobytes()
-    assert audio._sniff(data[:16]) is None
+    assert containers._sniff(data[:16]) is None
     return data
 
 
@@ -511,7 +524,7 @@ def test_other_formats_name_the_missing_extra(case: str) -> None:
 
 @requires_soundfile
 def test_m4a_names_its_extra_even_with_soundfile(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(audio, "_load_av", lambda: None)
+    monkeypatch.setattr(containers, "_load_av", lambda: None)
     with pytest.raises(UnsupportedFormatError, match=r"gigastt-server\[m4a\]"):
         decode_audio(SNIFFED["m4a"][0])
 
@@ -523,7 +536,7 @@ def test_supported_formats_without_extras() -> None:
 
 @requires_soundfile
 def test_supported_formats_with_soundfile(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(audio, "_load_av", lambda: None)
+    monkeypatch.setattr(containers, "_load_av", lambda: None)
     assert sf is not None
     expected = ["wav"] + [
         name
@@ -534,8 +547,8 @@ def test_supported_formats_with_soundfile(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_supported_formats_with_pyav(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(audio, "_load_soundfile", lambda: None)
-    monkeypatch.setattr(audio, "_load_av", lambda: types.ModuleType("av"))
+    monkeypatch.setattr(containers, "_load_soundfile", lambda: None)
+    monkeypatch.setattr(containers, "_load_av", lambda: types.ModuleType("av"))
     assert supported_formats() == ["wav", "mp3", "m4a", "ogg", "flac"]
 
 

@@ -1,18 +1,21 @@
 """The polyphase resampler (decision D19): output length, passband flatness, alias and image
-rejection, DC gain, exactness against the defining sum, and stream chunking without seams.
+rejection, DC gain, exactness against the defining sum, stream chunking without seams, and the
+bounded plans of awkward ratios.
 """
 
 from __future__ import annotations
 
 import math
+import tracemalloc
 
 import numpy as np
 import pytest
 
-from gigastt.engine import audio
-from gigastt.engine.audio import MODEL_RATE, Resampler, resample
+from gigastt.engine.audio import MAX_RATE, MIN_RATE, MODEL_RATE, Resampler, resample
+from gigastt.engine.audio import resampler as plans
 
-RATES = [8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 37800]
+# 383999 is coprime with 16000: its plan rounds each output to the nearest of 2561 phases.
+RATES = [8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 37800, 383999]
 DOWN_RATES = [r for r in RATES if r > MODEL_RATE]
 UP_RATES = [r for r in RATES if r < MODEL_RATE]
 # Measured with this design (Kaiser β 14.8, 32 zero crossings, cutoff 0.94 of the lower
@@ -103,23 +106,29 @@ def test_dc_gain_is_one(rate: int) -> None:
     assert np.max(np.abs(y[_middle(y)] - 0.25)) < 1e-6
 
 
-def _reference(x: np.ndarray, in_rate: int, out_rate: int, ns: np.ndarray) -> np.ndarray:
+def _reference(
+    x: np.ndarray, in_rate: int, out_rate: int, ns: np.ndarray, phases: int | None = None
+) -> np.ndarray:
     """Outputs ``ns`` of y[n] = Σ_k x[k]·h(t_n − k) / Σ_k h(t_n − k), t_n = n·in/out, in float64.
 
-    The denominator (sum over all integers k) is the per-phase unit-DC-gain normalisation.
+    The denominator (sum over all integers k) is the per-phase unit-DC-gain normalisation. With
+    ``phases``, t_n's fraction is rounded to the nearest multiple of 1/phases.
     """
-    scale = audio._ROLLOFF * min(1.0, out_rate / in_rate)
-    half_width = audio._ZEROS / scale
+    scale = plans._ROLLOFF * min(1.0, out_rate / in_rate)
+    half_width = plans._ZEROS / scale
 
     def h(t: np.ndarray) -> np.ndarray:
         arg = np.sqrt(np.clip(1 - (t / half_width) ** 2, 0, None))
-        window = np.i0(audio._BETA * arg) * (np.abs(t) < half_width)
+        window = np.i0(plans._BETA * arg) * (np.abs(t) < half_width)
         return scale * np.sinc(scale * t) * window
 
     k = np.arange(len(x))
     y = np.zeros(len(ns))
     for i, n in enumerate(ns):
         t_n = int(n) * in_rate / out_rate
+        if phases is not None:
+            whole, rest = divmod(int(n) * in_rate, out_rate)
+            t_n = whole + (2 * rest * phases + out_rate) // (2 * out_rate) / phases
         support = np.arange(math.floor(t_n - half_width) - 1, math.ceil(t_n + half_width) + 2)
         y[i] = np.dot(h(t_n - k), x) / np.sum(h(t_n - support))
     return y
@@ -132,18 +141,22 @@ def _reference(x: np.ndarray, in_rate: int, out_rate: int, ns: np.ndarray) -> np
         (44100, 16000),
         (8000, 16000),
         (44101, 16000),  # 16000/44101: per-output gather with a phase table
-        (1_000_003, 16000),  # table too large: weights computed on the fly
-        (7, 16000),
+        (383999, 16000),  # 16000 phases × 1637 taps is too large: 2561 rounded phases
+        (8000, 384000),
+        (8001, 384000),  # 384000/8001 phases × 71 taps: rounded phases while upsampling
     ],
 )
 def test_matches_the_defining_sum(in_rate: int, out_rate: int) -> None:
-    n = 40 if in_rate == 7 else min(1500, in_rate // 30)
+    n = min(1500, in_rate // 30)
     x = np.random.default_rng(in_rate).uniform(-0.9, 0.9, n).astype(np.float32)
     y = resample(x, in_rate, out_rate)
     assert len(y) == -(-n * out_rate // in_rate)
     # Both edges (zero padding) and a spread of phases in between.
     ns = np.unique(np.r_[0:20, len(y) - 20 : len(y), np.linspace(0, len(y) - 1, 200).astype(int)])
-    ref = _reference(x.astype(np.float64), in_rate, out_rate, ns)
+    g = math.gcd(in_rate, out_rate)
+    plan = plans._plan(out_rate // g, in_rate // g)
+    rounded = None if plan.phases == plan.up else plan.phases
+    ref = _reference(x.astype(np.float64), in_rate, out_rate, ns, rounded)
     assert np.max(np.abs(y[ns] - ref)) < 1e-6
 
 
@@ -192,10 +205,64 @@ def test_output_waits_only_for_the_filter_look_ahead() -> None:
     assert len(r.process(np.zeros(48000, dtype=np.float32))) > 16000 - 200
 
 
+@pytest.mark.parametrize(("in_rate", "out_rate"), [(0, 16000), (7999, 16000), (384001, 16000),
+                                                   (2**32 - 5, 16000), (16000, 7999)])
+def test_rates_outside_the_range_are_refused(in_rate: int, out_rate: int) -> None:
+    with pytest.raises(ValueError, match=r"sample rates must be in 8000\.\.384000 Hz"):
+        Resampler(in_rate, out_rate)
+
+
 def test_input_validation() -> None:
-    with pytest.raises(ValueError, match="positive"):
-        Resampler(0)
     with pytest.raises(ValueError, match="1-D"):
         Resampler(8000).process(np.zeros((2, 2), dtype=np.float32))
     # Other dtypes are converted, not rejected.
     assert resample(np.zeros(80, dtype=np.float64), 8000).dtype == np.float32
+
+
+@pytest.mark.parametrize("rate", [MIN_RATE, 8001, 15999, 44101, 192001, 352801, 383999, MAX_RATE])
+def test_plans_are_bounded_for_every_ratio(rate: int) -> None:
+    # The table is capped at _MAX_TABLE entries (rounded phases beyond) and the block matrix at
+    # _MAX_BLOCK_MATRIX, whatever the ratio; taps grow with the ratio, which the range bounds.
+    for in_rate, out_rate in ((rate, MODEL_RATE), (rate, MIN_RATE), (MIN_RATE, rate)):
+        if in_rate == out_rate:
+            continue
+        g = math.gcd(in_rate, out_rate)
+        plan = plans._plan(out_rate // g, in_rate // g)
+        assert plan.taps <= 3271
+        assert plan.table.size <= plans._MAX_TABLE
+        assert plan.nbytes <= 8 * (plans._MAX_TABLE + plans._MAX_BLOCK_MATRIX)
+
+
+def test_every_rate_in_the_range_has_a_bounded_plan() -> None:
+    # The plan's shape from L and M alone, for all 376 001 rates into 16 kHz: the largest
+    # table+block is 32 MiB, and rounded phases step at most 1/5120 of an input sample.
+    rates = np.arange(MIN_RATE, MAX_RATE + 1, dtype=np.int64)
+    g = np.gcd(rates, MODEL_RATE)
+    up, down = MODEL_RATE // g, rates // g
+    half = np.ceil(plans._ZEROS / (plans._ROLLOFF * np.minimum(1.0, up / down))).astype(np.int64)
+    taps = 2 * half + 1
+    exact = up * taps <= plans._MAX_TABLE
+    phases = np.where(exact, up, plans._MAX_TABLE // taps - 1)
+    rows = np.where(exact, up, phases + 1)
+    assert int(np.max(rows * taps)) <= plans._MAX_TABLE
+    assert int(np.min(phases[~exact])) >= 2560
+    group = np.maximum(1, -(-2 * half // down))
+    width = group * up
+    span = (width - 1) * down // up + taps
+    block = np.where(exact & (span * width <= plans._MAX_BLOCK_MATRIX), span * width, 0)
+    assert int(np.max(rows * taps + block)) * 8 <= 32 << 20
+
+
+def test_plan_cache_is_bounded_in_bytes() -> None:
+    # Each of these coprime rates needs a 16000-phase table of 3 M entries (23 MiB); a cache
+    # counted in entries would keep them all alive.
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for rate in (44101, 44103, 44107, 44111, 44113):
+            assert resample(np.zeros(100, dtype=np.float32), rate).size == 37
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept <= plans.PLAN_CACHE_BYTES
+    assert plans.plan_cache_bytes() <= plans.PLAN_CACHE_BYTES
