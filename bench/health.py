@@ -7,7 +7,10 @@ Part 1 (rps): ``gigastt serve`` (small generated model; the model plays no part 
 ``uvicorn --http h11 --loop asyncio`` serving ``bench/asgi_health.py`` (same JSON body) run side
 by side; the same load generator drives each in turn, alternating over ``--rounds`` rounds:
 ``wrk`` (one thread, keep-alive) when installed, else a small asyncio raw-socket generator
-(N connections × sequential keep-alive requests, no pipelining). Medians over the rounds.
+(N connections × sequential keep-alive requests, no pipelining). Medians over the rounds, and
+each server's CPU time per request (utime + stime over the run ÷ requests): with the Python
+generator the client, not the server, often sets the pace, and the two cores are shared, so req/s
+swings from round to round while CPU per request stays put.
 
 Part 2 (busy): our server with ``--model`` (default medium) transcribes four 60 s files at once
 (``POST /v1/transcribe``, four threads) while a prober process sends ``GET /health`` on a fresh
@@ -42,6 +45,7 @@ class Load:
     p99_ms: float
     requests: int
     errors: int
+    cpu_us: float = float("nan")  # the server's CPU time per request, filled in by rps_part
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
@@ -149,6 +153,7 @@ def rps_part(args: Any, client: str) -> dict[str, Any]:
     ours = common.Server(common.model_dir("small"))
     theirs = Uvicorn()
     targets = {"gigastt": ("127.0.0.1", ours.port), "uvicorn+h11": ("127.0.0.1", theirs.port)}
+    pids = {"gigastt": ours.pid, "uvicorn+h11": theirs.proc.pid}
     loads: dict[str, list[Load]] = {name: [] for name in targets}
     try:
         for host, port in targets.values():  # warm-up, not recorded
@@ -157,7 +162,11 @@ def rps_part(args: Any, client: str) -> dict[str, Any]:
             order = list(targets) if i % 2 == 0 else list(reversed(targets))
             for name in order:
                 print(f"  rps round {i + 1}/{rounds}: {name}", file=sys.stderr, flush=True)
-                loads[name].append(run(*targets[name], args.connections, seconds))
+                cpu = common.proc_cpu_seconds(pids[name])
+                load = run(*targets[name], args.connections, seconds)
+                cpu = common.proc_cpu_seconds(pids[name]) - cpu
+                load.cpu_us = cpu / load.requests * 1e6 if load.requests else float("nan")
+                loads[name].append(load)
         ours_rss = common.proc_status(ours.pid)
         theirs_rss = common.proc_status(theirs.proc.pid)
     finally:
@@ -170,6 +179,7 @@ def rps_part(args: Any, client: str) -> dict[str, Any]:
             "p50_ms": common.median([x.p50_ms for x in runs]),
             "p99_ms": common.median([x.p99_ms for x in runs]),
             "requests": sum(x.requests for x in runs),
+            "cpu_us": common.median([x.cpu_us for x in runs]),
             "errors": sum(x.errors for x in runs),
             "rounds": [x.__dict__ for x in runs],
         }
@@ -274,15 +284,21 @@ def main(argv: list[str] | None = None) -> int:
         servers = rps["servers"]
         base = servers["uvicorn+h11"]
         rows = [[name, common.fmt(s["rps"], 0), common.fmt(s["rps"] / base["rps"]) + "×",
+                 common.fmt(s["cpu_us"], 1), common.fmt(base["cpu_us"] / s["cpu_us"]) + "×",
                  common.fmt(s["p50_ms"]), common.fmt(s["p99_ms"]), str(s["requests"]),
                  str(s["errors"]), common.fmt(s["rss_mb"], 0)]
                 for name, s in servers.items()]
+        pairs = zip(servers["gigastt"]["rounds"], base["rounds"], strict=True)
+        per_round = ", ".join(f"{a['rps'] / b['rps']:.2f}×/{b['cpu_us'] / a['cpu_us']:.2f}×"
+                              for a, b in pairs)
         print(f"\n### `/health` throughput — {client}, {rps['connections']} keep-alive "
               f"connections, {rps['seconds']:.0f} s × {rps['rounds']} alternating rounds "
               f"(medians), uvicorn {rps['uvicorn']}\n")
         print(common.markdown_table(
-            ["server", "req/s", "÷ uvicorn", "p50 ms", "p99 ms", "requests", "errors",
-             "RSS MB"], rows))
+            ["server", "req/s", "÷ uvicorn", "CPU µs/req", "uvicorn CPU ÷ this", "p50 ms",
+             "p99 ms", "requests", "errors", "RSS MB"], rows))
+        print(f"\ngigastt per round, req/s ÷ uvicorn / uvicorn CPU per request ÷ gigastt's: "
+              f"{per_round}")
 
     if args.part in ("all", "busy"):
         busy = busy_part(args)

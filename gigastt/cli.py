@@ -23,6 +23,8 @@ from gigastt.config import (
     parse_model_url,
     serve_config,
 )
+from gigastt.export import FORMATS, render
+from gigastt.server.lifecycle import hold_hangups, release_hangups
 
 LOG_LEVELS = ("off", "error", "warn", "info", "debug", "trace")
 EXIT_RUNTIME = 1  # usage errors exit 2 through argparse
@@ -61,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.add_argument("file", type=Path, help="audio file (WAV; more with extras)")
     transcribe.add_argument("--model-dir", type=Path, default=None,
                             help="model directory (default ~/.gigastt/models)")
-    transcribe.add_argument("--format", choices=("text", "json", "srt", "vtt"), default="text",
+    transcribe.add_argument("--format", choices=FORMATS, default="text",
                             help="output format (default text)")
     _add_model_url(transcribe)
 
@@ -110,8 +112,12 @@ def setup_logging(level: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # First of all: a SIGHUP (systemctl reload) during start-up is held for the server, not fatal.
+    hold_hangups()
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command != "serve":
+        release_hangups()  # a terminal hang-up still ends `transcribe`, `download`, `quantize`
     setup_logging(getattr(args, "log_level", "info"))
     try:
         if args.command == "serve":
@@ -192,7 +198,7 @@ def _transcribe(args: argparse.Namespace, model_url: str | None) -> int:
     except AudioError as exc:
         raise RuntimeFailure(f"invalid audio: {exc}") from exc
     try:
-        # Fetch what is missing, but leave quantizing to `download`/`serve` (server.md §1.5).
+        # Fetch what is missing, but leave quantizing to `download`/`serve` (README "Model files").
         prepare_model(model_dir, model_url=model_url, env=os.environ, quantize=False,
                       on_demand=True)
     except StoreError as exc:
@@ -202,18 +208,11 @@ def _transcribe(args: argparse.Namespace, model_url: str | None) -> int:
     except ModelError as exc:
         raise RuntimeFailure(str(exc)) from exc
     transcript = recognizer.transcribe(samples)
-    out = sys.stdout
-    if args.format == "json":
-        from gigastt.protocol import transcribe_body
-
-        out.write(transcribe_body(transcript) + "\n")
-    elif args.format in ("srt", "vtt"):
-        from gigastt.subtitles import render_subtitles
-
-        out.write(render_subtitles(transcript, args.format))
-    else:
-        out.write(transcript.text + "\n")
-    out.flush()
+    # The same writer as `/v1/transcribe?format=` (docs/api.md); JSON gets the newline a
+    # terminal needs, the other formats end in one already.
+    body = render(transcript, args.format)
+    sys.stdout.write(body + "\n" if args.format == "json" else body)
+    sys.stdout.flush()
     return 0
 
 

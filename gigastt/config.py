@@ -9,9 +9,10 @@ import argparse
 import dataclasses
 import ipaddress
 import os
+import stat
 import tomllib
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,11 @@ class ConfigError(ValueError):
     """A setting is invalid; the message names it. Usage errors exit 2, file errors exit 1."""
 
 
+class InvalidSetting(ConfigError):
+    """A value of the wrong type or outside ``INT_RANGES``: a usage error (exit 2), whether it
+    came from a flag, an environment variable or the ``--config`` file."""
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """The runtime limits that a ``--config`` file may set and SIGHUP reloads."""
@@ -42,6 +48,7 @@ class Limits:
     max_session_secs: int = 3600
     shutdown_drain_secs: int = 10
     pool_checkout_timeout_secs: int = 30
+    max_inflight_body_mb: int = 0  # 0: derived, see inflight_body_budget()
 
     def clamped(self) -> Limits:
         """Apply the documented clamps (drain and checkout at least 1 s, rpm at most 60000)."""
@@ -62,6 +69,60 @@ class Limits:
 LIMIT_KEYS = tuple(f.name for f in dataclasses.fields(Limits))
 LIMIT_ENV = {key: "GIGASTT_" + key.upper() for key in LIMIT_KEYS}
 
+_MIB = 1 << 20
+INFLIGHT_BODY_CAP_BYTES = 1 << 30
+
+
+def inflight_body_budget(limits: Limits, pool_size: int) -> int:
+    """Bytes that all request bodies in flight may hold together (docs/runbook.md).
+
+    ``--max-inflight-body-mb`` MiB when set; unset (0), a full-size body for every pool slot and
+    one queued behind each, at most 1 GiB: bodies beyond those only wait, holding memory. Never
+    below one full-size body, which a smaller budget could never admit.
+    """
+    if limits.max_inflight_body_mb:
+        budget = limits.max_inflight_body_mb * _MIB
+    else:
+        budget = min(2 * pool_size * limits.body_limit_bytes, INFLIGHT_BODY_CAP_BYTES)
+    return max(budget, limits.body_limit_bytes)
+
+_WEEK_SECS = 7 * 24 * 3600
+_GIB = 1 << 30
+_U32_MAX = (1 << 32) - 1
+
+# The accepted range of every integer setting, one table for flags, environment variables and the
+# --config file (at start-up and on SIGHUP). The upper bounds lie far above any useful value; they
+# keep every source from handing the server a number it cannot use (docs/runbook.md).
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "port": (0, 65_535),
+    "pool_size": (1, 10_000),
+    "threads": (0, 1024),
+    "max_connections": (1, 1_000_000),
+    "header_timeout_secs": (0, _WEEK_SECS),
+    "ws_ping_secs": (0, _WEEK_SECS),
+    "idle_timeout_secs": (0, _WEEK_SECS),
+    "ws_frame_max_bytes": (0, _GIB),
+    "body_limit_bytes": (0, _GIB),
+    "rate_limit_per_minute": (0, _U32_MAX),  # then clamped to MAX_RPM
+    "rate_limit_burst": (0, _U32_MAX),
+    "max_session_secs": (0, _WEEK_SECS),
+    "shutdown_drain_secs": (0, _WEEK_SECS),
+    "pool_checkout_timeout_secs": (0, _WEEK_SECS),
+    "max_inflight_body_mb": (0, 1 << 20),
+}
+POOL_SIZE_AUTO = "auto"
+# A limits file is a few lines; anything bigger is a mistake (and is never read whole).
+MAX_CONFIG_FILE_BYTES = 64 * 1024
+
+
+def check_setting(key: str, name: str, value: object) -> int:
+    """``value`` if it is an integer within ``INT_RANGES[key]``; ``name`` is what the error shows
+    (the flag, variable or file key), never the value."""
+    low, high = INT_RANGES[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidSetting(f"{name} must be an integer in {low}..{high}")
+    return value
+
 
 @dataclass(frozen=True, slots=True)
 class ServeConfig:
@@ -71,6 +132,12 @@ class ServeConfig:
     port: int = DEFAULT_PORT
     model_dir: Path = field(default_factory=default_model_dir)
     pool_size: int = 4
+    # --pool-size auto (D27): pool_size becomes the live capacity measured after the model
+    # loads, before the server listens (gigastt/engine/capacity.py): one session's cost per
+    # second of live audio is (encoder seconds per audio second) x (re-encode factor: seconds
+    # encoded per live second, dictation at the default partial cadence), and the pool is
+    # floor(0.8 / that), at least 1 (docs/runbook.md "Threads, priorities and capacity").
+    pool_auto: bool = False
     bind_all: bool = False
     allow_origins: tuple[str, ...] = ()
     cors_allow_any: bool = False
@@ -78,11 +145,16 @@ class ServeConfig:
     skip_quantize: bool = False
     trust_proxy: bool = False
     config_path: Path | None = None
+    # D23: the file with the API key (flag --api-key-file, env GIGASTT_API_KEY_FILE); None = no
+    # key. Read once at start-up; the key itself is never kept here.
+    api_key_file: Path | None = None
     # Mirror for the model files (flag --model-url, env GIGASTT_MODEL_URL); None = Hugging Face.
-    model_url: str | None = None
+    model_url: str | None = field(default=None, repr=False)  # may hold a password
     max_connections: int = 256
     header_timeout_secs: float = 10.0
     keepalive_timeout_secs: float = 75.0
+    # A closing connection whose peer does not take its last bytes by then is cut off.
+    close_timeout_secs: float = 5.0
     ws_ping_secs: int = 20
     threads: int = 0
     limits: Limits = field(default_factory=Limits)
@@ -110,18 +182,34 @@ def parse_uint(name: str, value: str, *, bits: int = 64) -> int:
     text = value.strip()
     if not text.isdigit() or not text.isascii():
         raise ConfigError(f"invalid value {value!r} for {name}: expected a non-negative integer")
-    number = int(text)
-    if number >= 1 << bits:
-        raise ConfigError(f"value {value!r} for {name} is out of range")
-    return number
+    # Length first: int() refuses strings of more than 4300 digits with a plain ValueError.
+    if len(text.lstrip("0")) > 20 or int(text) >= 1 << bits:
+        raise ConfigError(f"{name} is out of range")
+    return int(text)
+
+
+def parse_setting(key: str, name: str, value: str) -> int:
+    """An integer setting given as text (flag or environment variable ``name``), range-checked."""
+    try:
+        number = parse_uint(name, value)
+    except ConfigError as exc:
+        raise InvalidSetting(str(exc)) from exc
+    return check_setting(key, name, number)
 
 
 def parse_model_url(name: str, value: str) -> str:
-    """A model mirror base URL: ``http(s)://host[/path]``; files are fetched as ``<url>/<file>``."""
+    """A model mirror base URL: ``http(s)://[user:password@]host[:port][/path]``; files are
+    fetched as ``<url>/<file>``. A URL with ``@`` is never echoed: it may hold a password."""
     text = value.strip()
-    parts = urllib.parse.urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"invalid URL {value!r} for {name}: expected http(s)://host/path")
+    shown = repr(value) if "@" not in value else "(not shown: it may hold a password)"
+    try:
+        parts = urllib.parse.urlsplit(text)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port that is not a number below 65536, an unclosed [IPv6 host
+        valid = False
+    if not valid:
+        raise ConfigError(f"invalid URL {shown} for {name}: expected"
+                          " http(s)://[user:password@]host[:port]/path")
     return text
 
 
@@ -129,7 +217,7 @@ def parse_model_url(name: str, value: str) -> str:
 
 
 def is_loopback_host(host: str) -> bool:
-    """Loopback test of server.md §1.3: ``localhost``, ``::1``, ``[::1]``, 127.0.0.0/8."""
+    """The bind guard's loopback test (D5): ``localhost``, ``::1``, ``[::1]``, 127.0.0.0/8."""
     text = host.strip().lower()
     if text in ("localhost", "::1"):
         return True
@@ -168,26 +256,81 @@ def listen_host(host: str) -> str:
 
 
 def read_limits_file(path: Path) -> dict[str, int]:
-    """The integer limit keys set in a TOML file; unknown keys ignored, wrong types rejected."""
+    """The integer limit keys set in a TOML file; unknown keys ignored, bad values rejected.
+
+    Raises ConfigError (InvalidSetting for a bad value); error messages never quote the file.
+    """
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"Failed to read config file: {path}: {exc.strerror}") from exc
+        text = _read_config_bytes(path).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"Failed to parse config file: {path}: not UTF-8 text") from exc
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"Failed to parse config file: {path}: {exc}") from exc
+    except ValueError as exc:  # an integer literal of more than 4300 digits
+        raise ConfigError(f"Failed to parse config file: {path}: number too long") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"Failed to parse config file: {path}: nested too deeply") from exc
     values: dict[str, int] = {}
     for key in LIMIT_KEYS:
-        if key not in data:
-            continue
-        value = data[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigError(
-                f"Failed to parse config file: {path}: {key} must be a non-negative integer"
-            )
-        values[key] = value
+        if key in data:
+            try:
+                values[key] = check_setting(key, key, data[key])
+            except InvalidSetting as exc:
+                raise InvalidSetting(f"Invalid config file: {path}: {exc}") from None
     return values
+
+
+def _read_config_bytes(path: Path) -> bytes:
+    def failed(reason: str | None) -> ConfigError:
+        return ConfigError(f"Failed to read config file: {path}: {reason}")
+
+    return _read_small_file(path, MAX_CONFIG_FILE_BYTES, failed)
+
+
+def _read_small_file(path: Path, limit: int,
+                     failed: Callable[[str | None], ConfigError]) -> bytes:
+    """A regular file of at most ``limit`` bytes. Anything else (a FIFO, a device) is refused
+    before it is read, so that reading can never block or run away."""
+    try:
+        # stat first: opening some devices has effects; fstat after: the path may have changed.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise failed("not a regular file")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise failed("not a regular file")
+            raw = handle.read(limit + 1)
+    except OSError as exc:
+        raise failed(exc.strerror) from exc
+    if len(raw) > limit:
+        raise failed(f"larger than {limit // 1024} KiB")
+    return raw
+
+
+MAX_API_KEY_FILE_BYTES = 4096
+MIN_API_KEY_CHARS = 16
+
+
+def read_api_key_file(path: Path) -> str:
+    """The API key (D23): the file's one line, newline stripped, at least MIN_API_KEY_CHARS
+    visible ASCII characters without spaces (what an ``Authorization`` header can carry).
+
+    Raises InvalidSetting (exit 2); messages name the file and never quote its content.
+    """
+    def bad(reason: str | None) -> InvalidSetting:
+        return InvalidSetting(f"invalid API key file {path}: {reason}")
+
+    raw = _read_small_file(path, MAX_API_KEY_FILE_BYTES, bad)
+    key = raw.removesuffix(b"\n").removesuffix(b"\r")
+    if b"\n" in key or b"\r" in key:
+        raise bad("the key must be one line")
+    if not all(0x21 <= b <= 0x7E for b in key):
+        raise bad("the key must be visible ASCII characters without spaces")
+    if len(key) < MIN_API_KEY_CHARS:
+        raise bad(f"the key must be at least {MIN_API_KEY_CHARS} characters")
+    return key.decode("ascii")
 
 
 def merged_limits(
@@ -218,18 +361,23 @@ _SERVE_ENV_INTS = {**LIMIT_ENV, "max_connections": "GIGASTT_MAX_CONNECTIONS",
                    "header_timeout_secs": "GIGASTT_HEADER_TIMEOUT_SECS"}
 
 
+_LIMIT_NOTES = {"max_inflight_body_mb": ": 2 x pool size x body limit, at most 1024"}
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``gigastt serve``; unset flags stay ``None`` so env and file can fill them."""
     d = ServeConfig()
     lim = Limits()
-    uint = _argparse_uint
-    parser.add_argument("-p", "--port", type=_argparse_port, default=None,
+    uint = _flag_type
+    parser.add_argument("-p", "--port", type=uint("port"), default=None,
                         help=f"TCP port (default {d.port}; 0 = any free port)")
     parser.add_argument("--host", default=None, help=f"bind address (default {d.host})")
     parser.add_argument("--model-dir", type=Path, default=None,
                         help="model directory (default ~/.gigastt/models)")
-    parser.add_argument("--pool-size", type=uint, default=None,
-                        help=f"concurrent inference sessions/jobs (default {d.pool_size})")
+    parser.add_argument("--pool-size", type=_pool_size_type, default=None,
+                        help=f"concurrent inference sessions/jobs, or `auto`: the live sessions"
+                             f" this machine carries in real time, measured at start-up"
+                             f" (default {d.pool_size})")
     parser.add_argument("--bind-all", action="store_true", default=None,
                         help="allow a non-loopback --host (also env GIGASTT_ALLOW_BIND_ANY=1)")
     parser.add_argument("--allow-origin", action="append", default=None, metavar="URL",
@@ -238,8 +386,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cors-allow-any", action="store_true", default=None,
                         help="allow every Origin (access-control-allow-origin: *)")
     for key in LIMIT_KEYS:
-        parser.add_argument("--" + key.replace("_", "-"), type=uint, default=None,
-                            help=f"(env {LIMIT_ENV[key]}, default {getattr(lim, key)})")
+        parser.add_argument("--" + key.replace("_", "-"), type=uint(key), default=None,
+                            help=f"(env {LIMIT_ENV[key]}, default {getattr(lim, key)}"
+                                 f"{_LIMIT_NOTES.get(key, '')})")
     parser.add_argument("--metrics", action="store_true", default=None,
                         help="serve Prometheus metrics on /metrics (env GIGASTT_METRICS)")
     parser.add_argument("--skip-quantize", action="store_true", default=None,
@@ -250,26 +399,45 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-proxy", action="store_true", default=None,
                         help="also trust forwarding headers from RFC 1918/ULA peers"
                              " (env GIGASTT_TRUST_PROXY)")
-    parser.add_argument("--max-connections", type=uint, default=None,
+    parser.add_argument("--max-connections", type=uint("max_connections"), default=None,
                         help=f"open TCP connections cap (env GIGASTT_MAX_CONNECTIONS,"
                              f" default {d.max_connections})")
-    parser.add_argument("--header-timeout-secs", type=uint, default=None,
+    parser.add_argument("--header-timeout-secs", type=uint("header_timeout_secs"), default=None,
                         help=f"request head deadline (env GIGASTT_HEADER_TIMEOUT_SECS,"
                              f" default {int(d.header_timeout_secs)})")
-    parser.add_argument("--ws-ping-secs", type=uint, default=None,
+    parser.add_argument("--ws-ping-secs", type=uint("ws_ping_secs"), default=None,
                         help=f"WebSocket keep-alive ping interval, 0 = off"
                              f" (env GIGASTT_WS_PING_SECS, default {d.ws_ping_secs})")
-    parser.add_argument("--threads", type=uint, default=None,
+    parser.add_argument("--threads", type=uint("threads"), default=None,
                         help="onnxruntime intra-op threads (default 0 = one per core)")
     parser.add_argument("--config", type=Path, default=None, dest="config_path",
                         help="TOML file with runtime limits, re-read on SIGHUP")
+    parser.add_argument("--api-key-file", type=Path, default=None, metavar="PATH",
+                        help="require the key in this file (one line, at least"
+                             f" {MIN_API_KEY_CHARS} characters) as a bearer token on every"
+                             " route but /health and /ready; read at start-up only"
+                             " (env GIGASTT_API_KEY_FILE)")
 
 
-def _argparse_uint(value: str) -> int:
+def _flag_type(key: str) -> Callable[[str], int]:
+    """The argparse ``type`` of an integer flag: parsed and range-checked like its env variable."""
+    def parse(value: str) -> int:
+        try:
+            return parse_setting(key, "value", value)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    return parse
+
+
+def _pool_size_type(value: str) -> int | str:
+    """``--pool-size``: an integer in range, or ``auto`` (D27)."""
+    if value == POOL_SIZE_AUTO:
+        return value
     try:
-        return parse_uint("value", value)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
+        return _flag_type("pool_size")(value)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, or `auto`") from exc
 
 
 def argparse_model_url(value: str) -> str:
@@ -279,18 +447,11 @@ def argparse_model_url(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def _argparse_port(value: str) -> int:
-    number = _argparse_uint(value)
-    if number > 65535:
-        raise argparse.ArgumentTypeError(f"port {value} is out of range 0..65535")
-    return number
-
-
 def serve_config(args: argparse.Namespace, env: Mapping[str, str]) -> ServeConfig:
     """Combine flags, environment and defaults; raises ConfigError (a usage error).
 
-    The config file is applied separately (``with_config_file``) because its errors are runtime
-    errors (exit 1), not usage errors.
+    The config file is applied separately (``with_config_file``): reading it can fail at run
+    time (exit 1), while its bad values are usage errors like these (InvalidSetting, exit 2).
     """
     values: dict[str, Any] = {}
     for name, var in _SERVE_ENV_BOOLS.items():
@@ -299,31 +460,35 @@ def serve_config(args: argparse.Namespace, env: Mapping[str, str]) -> ServeConfi
     ints: dict[str, int] = {}
     for name, var in _SERVE_ENV_INTS.items():
         if var in env:
-            ints[name] = parse_uint(var, env[var])
+            ints[name] = parse_setting(name, var, env[var])
     for name in (*LIMIT_KEYS, "max_connections", "ws_ping_secs", "header_timeout_secs"):
         flag = getattr(args, name, None)
         if flag is not None:
             ints[name] = flag
     if env.get("GIGASTT_MODEL_URL", "").strip():
         values["model_url"] = parse_model_url("GIGASTT_MODEL_URL", env["GIGASTT_MODEL_URL"])
+    if "GIGASTT_API_KEY_FILE" in env:
+        # Set but empty is refused, not read as "no key": a security setting fails closed.
+        if not env["GIGASTT_API_KEY_FILE"].strip():
+            raise ConfigError("GIGASTT_API_KEY_FILE is empty: name the API key file or unset it")
+        values["api_key_file"] = Path(env["GIGASTT_API_KEY_FILE"])
     for name in ("host", "port", "model_dir", "pool_size", "bind_all", "cors_allow_any",
                  "metrics", "skip_quantize", "trust_proxy", "config_path", "threads",
-                 "model_url"):
+                 "model_url", "api_key_file"):
         flag = getattr(args, name, None)
         if flag is not None:
             values[name] = flag
+    if values.get("pool_size") == POOL_SIZE_AUTO:
+        del values["pool_size"]
+        values["pool_auto"] = True
     if args.allow_origin:
         values["allow_origins"] = tuple(args.allow_origin)
-    if values.get("pool_size", 1) == 0:
-        raise ConfigError("--pool-size must be at least 1")
     overrides = {k: v for k, v in ints.items() if k in LIMIT_KEYS}
     for name in ("max_connections", "ws_ping_secs"):
         if name in ints:
             values[name] = ints[name]
     if "header_timeout_secs" in ints:
         values["header_timeout_secs"] = float(max(1, ints["header_timeout_secs"]))
-    if values.get("max_connections", 1) == 0:
-        raise ConfigError("--max-connections must be at least 1")
     return ServeConfig(
         **values, limits=merged_limits({}, overrides), pinned=frozenset(overrides)
     )

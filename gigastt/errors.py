@@ -1,6 +1,6 @@
 """The error catalogue: every client-visible error code with its HTTP status and fixed message.
 
-Messages are client-safe constants (server.md §9); internal detail is only ever logged.
+Messages are client-safe constants (docs/api.md "Errors"); internal detail is only ever logged.
 """
 
 from __future__ import annotations
@@ -28,20 +28,29 @@ class ErrorCode(StrEnum):
     PAYLOAD_TOO_LARGE = "payload_too_large"
     TRANSCRIPTION_ERROR = "transcription_error"
     INVALID_AUDIO = "invalid_audio"
+    UNSUPPORTED_SAMPLE_RATE = "unsupported_sample_rate"
     INTERNAL = "internal"
     TIMEOUT = "timeout"
     POOL_CLOSED = "pool_closed"
     SHUTTING_DOWN = "shutting_down"
     ORIGIN_DENIED = "origin_denied"
     RATE_LIMITED = "rate_limited"
+    UNAUTHORIZED = "unauthorized"
     METRICS_DISABLED = "metrics_disabled"
     TOO_MANY_CONNECTIONS = "too_many_connections"
+    SERVER_BUSY = "server_busy"
+    UNSUPPORTED_FORMAT = "unsupported_format"
     CONFIGURE_TOO_LATE = "configure_too_late"
     UNSUPPORTED_PROTOCOL_VERSION = "unsupported_protocol_version"
     INVALID_SAMPLE_RATE = "invalid_sample_rate"
     INFERENCE_ERROR = "inference_error"
     INFERENCE_PANIC = "inference_panic"
     MAX_SESSION_DURATION_EXCEEDED = "max_session_duration_exceeded"
+    INVALID_ENDPOINT_MODE = "invalid_endpoint_mode"
+    INVALID_MIN_SILENCE_MS = "invalid_min_silence_ms"
+    INVALID_COMMIT_POLICY = "invalid_commit_policy"
+    VAD_NOT_LOADED = "vad_not_loaded"
+    INVALID_HOTWORDS = "invalid_hotwords"
 
 
 class RestError(NamedTuple):
@@ -59,15 +68,24 @@ REST_ERRORS: dict[ErrorCode, RestError] = {
         422,
         "Failed to decode audio file. Check format (WAV, MP3, M4A, OGG, FLAC supported).",
     ),
+    # A precise reason for the one refusal a client can act on by resampling (D32).
+    E.UNSUPPORTED_SAMPLE_RATE: RestError(
+        422, "Sample rate outside the supported range 8000-384000 Hz"
+    ),
     E.INTERNAL: RestError(500, "Internal server error"),
     E.TIMEOUT: RestError(503, "Server busy, try again later"),
     E.POOL_CLOSED: RestError(503, "Server is shutting down"),
     E.SHUTTING_DOWN: RestError(503, "Server shutting down"),
     E.ORIGIN_DENIED: RestError(403, "Origin not allowed"),
     E.RATE_LIMITED: RestError(429, "Too many requests"),
+    # D23: the same text whether the key was missing or wrong.
+    E.UNAUTHORIZED: RestError(401, "Missing or invalid API key"),
     E.METRICS_DISABLED: RestError(404, "metrics endpoint disabled"),
-    # D4 names the code but not the text; this one is ours.
+    # The connection cap's 503 (D4 in docs/decisions.md).
     E.TOO_MANY_CONNECTIONS: RestError(503, "Too many open connections"),
+    E.SERVER_BUSY: RestError(503, "Too many request bodies in flight, try again later"),
+    E.UNSUPPORTED_FORMAT: RestError(
+        400, "Unsupported format: use format=json, text, srt or vtt, at most once"),
 }
 
 # Fixed WS texts; the two that echo a client value are built by the functions below.
@@ -79,6 +97,17 @@ WS_MESSAGES: dict[ErrorCode, str] = {
     E.INFERENCE_PANIC: "Inference failed unexpectedly. Session reset.",
     E.MAX_SESSION_DURATION_EXCEEDED: "Maximum session duration exceeded",
     E.INTERNAL: "Internal serialization error",
+    # Protocol 1.2 configure fields (docs/api.md "GET /v1/ws"); the message names the allowed
+    # values, never echoes the client's.
+    E.INVALID_ENDPOINT_MODE: "Unsupported endpoint_mode. Supported: "
+    + ", ".join(protocol.ENDPOINT_MODES),
+    E.INVALID_MIN_SILENCE_MS: "min_silence_ms must be a whole number from "
+    f"{protocol.MIN_SILENCE_MS_RANGE[0]} to {protocol.MIN_SILENCE_MS_RANGE[1]}",
+    E.INVALID_COMMIT_POLICY: "Unsupported commit_policy. Supported: "
+    + ", ".join(protocol.COMMIT_POLICIES),
+    E.VAD_NOT_LOADED: "No VAD model is loaded on this server",
+    E.INVALID_HOTWORDS: f"hotwords must be a list of at most {protocol.MAX_HOTWORDS} phrases of "
+    f"1 to {protocol.MAX_HOTWORD_CHARS} characters without control characters",
 }
 
 _U32_MAX = 2**32 - 1
@@ -101,7 +130,8 @@ def ws_error_message(code: ErrorCode, retry_after_ms: int | None = None) -> str:
 
 
 def unsupported_protocol_version(version: str) -> str:
-    message = f"Unsupported protocol version: {version}. Supported: {protocol.PROTOCOL_VERSION}"
+    supported = ", ".join(protocol.PROTOCOL_VERSIONS)
+    message = f"Unsupported protocol version: {version}. Supported: {supported}"
     return protocol.ws_error(E.UNSUPPORTED_PROTOCOL_VERSION.value, message)
 
 

@@ -1,6 +1,7 @@
 """JSON wire formats shared by REST, WebSocket and SSE: message builders and control parsing.
 
-Pure functions; byte layout, key order and number formatting follow server.md §0.2-§0.3 and D14.
+Pure functions; byte layout, key order and number formatting follow docs/api.md
+"JSON conventions" (D14 in docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -13,16 +14,24 @@ from typing import Literal, TypeAlias
 
 import numpy as np
 
+from gigastt.engine.tokenizer import FRAME_SECONDS
 from gigastt.engine.transcript import Transcript, Word
 
 __all__ = [
+    "COMMIT_POLICIES",
     "DEFAULT_INPUT_RATE",
+    "ENDPOINT_MODES",
     "F32",
     "JSON",
+    "MAX_HOTWORDS",
+    "MAX_HOTWORD_CHARS",
+    "MIN_PROTOCOL_VERSION",
+    "MIN_SILENCE_MS_RANGE",
     "MODEL_ID",
     "MODEL_NAME",
     "MODEL_SAMPLE_RATE",
     "PROTOCOL_VERSION",
+    "PROTOCOL_VERSIONS",
     "SUPPORTED_FORMATS",
     "SUPPORTED_RATES",
     "Configure",
@@ -37,6 +46,7 @@ __all__ = [
     "ready_status",
     "rest_error",
     "segment",
+    "segment_v12",
     "sse_error",
     "sse_segment",
     "transcribe_body",
@@ -46,6 +56,17 @@ __all__ = [
 MODEL_ID = "gigaam-v3-e2e-rnnt"
 MODEL_NAME = "GigaAM v3 RNN-T"
 PROTOCOL_VERSION = "1.0"
+MIN_PROTOCOL_VERSION = "1.0"
+# "1.1" only added cancellation errors, so it means 1.0 here (D25 in docs/decisions.md).
+PROTOCOL_VERSIONS: tuple[str, ...] = ("1.0", "1.1", "1.2")
+# The same values as the live recogniser's (engine/streaming.py), which this module does not
+# import: it would pull the inference runtime into every wire-format user.
+ENDPOINT_MODES: tuple[str, ...] = ("auto", "assistant", "manual")
+COMMIT_POLICIES: tuple[str, ...] = ("auto", "stable_prefix", "on_finalize")
+MIN_SILENCE_MS_RANGE = (100, 10000)
+# Bounds on a session's phrase list: the decoder's boost work grows with it (docs/api.md).
+MAX_HOTWORDS = 100
+MAX_HOTWORD_CHARS = 100
 SUPPORTED_RATES: tuple[int, ...] = (8000, 16000, 24000, 44100, 48000)
 SUPPORTED_FORMATS: tuple[str, ...] = ("wav", "mp3", "m4a", "ogg", "flac")
 DEFAULT_INPUT_RATE = 48000
@@ -90,7 +111,9 @@ def _layout(negative: bool, digits: str, exp: int, min_exp: int, max_exp: int) -
 
 
 def format_f64(x: float) -> str:
-    """Shortest round-trip text of a double, laid out as serde_json does (server.md §0.3).
+    """Shortest round-trip text of a double, laid out as serde_json does.
+
+    See docs/api.md "JSON conventions".
 
     Non-finite values become ``null``, as serde_json writes them.
     """
@@ -208,8 +231,14 @@ def ready(
     sample_rate: int = DEFAULT_INPUT_RATE,
     supported_rates: Sequence[int] = SUPPORTED_RATES,
     diarization: bool = False,
+    max_session_secs: int,
+    idle_timeout_secs: int,
 ) -> str:
-    """WS ``ready``; ``supported_rates`` omitted when empty, ``diarization`` only when true."""
+    """WS ``ready``; ``supported_rates`` omitted when empty, ``diarization`` only when true.
+
+    The three trailing keys are the same for every client (D25): ``ready`` precedes any
+    ``configure``, so it cannot depend on the version the client picks.
+    """
     obj: dict[str, JSON] = {
         "type": "ready",
         "model": MODEL_ID,
@@ -220,6 +249,9 @@ def ready(
         obj["supported_rates"] = list(supported_rates)
     if diarization:
         obj["diarization"] = True
+    obj["min_protocol_version"] = MIN_PROTOCOL_VERSION
+    obj["max_session_secs"] = max_session_secs
+    obj["idle_timeout_secs"] = idle_timeout_secs
     return dumps(obj)
 
 
@@ -240,6 +272,61 @@ def segment(
             "timestamp": float(timestamp),
         }
     )
+
+
+def segment_v12(
+    kind: Literal["partial", "final"],
+    words: Sequence[Word],
+    timestamp: float,
+    *,
+    committed: int,
+    reason: str | None = None,
+    truncated: bool = False,
+    speakers: Sequence[int | None] | None = None,
+) -> str:
+    """WS ``partial``/``final`` under protocol 1.2 (docs/api.md "Protocol 1.2").
+
+    ``committed`` counts the leading words that will not change any more (ignored on a final,
+    which commits everything); ``reason`` is the final's ``endpoint_reason``.
+    """
+    text = _text(words)
+    if kind == "final":
+        if reason is None:
+            raise ValueError("a final needs its endpoint reason")
+        prefix = text
+    else:
+        prefix = _text(words[: max(0, min(committed, len(words)))])
+    # text is the words joined by spaces, so the committed words' text is its prefix and the
+    # tentative rest begins with the space between them.
+    obj: dict[str, JSON] = {
+        "type": kind,
+        "text": text,
+        "committed": prefix,
+        "tentative": text[len(prefix) :],
+        "words": _words(words, speakers, widen=False),
+        "is_final": kind == "final",
+    }
+    if kind == "final":
+        obj["speech_final"] = True
+        obj["endpoint_reason"] = reason
+        if truncated:
+            obj["truncated"] = True
+    obj["timestamp"] = float(timestamp)
+    if words:
+        obj["confidence"] = F32(_mean_confidence(words))
+    return dumps(obj)
+
+
+def _mean_confidence(words: Sequence[Word]) -> float:
+    """Word confidences weighted by duration.
+
+    A word lasts from its first token's frame to the end of its last token's frame, so a
+    one-token word (``end == start``) still weighs one encoder frame.
+    """
+    weights = [max(0.0, w.end - w.start) + FRAME_SECONDS for w in words]
+    total = math.fsum(float(np.float32(w.confidence)) * d for w, d in zip(words, weights,
+                                                                            strict=True))
+    return total / math.fsum(weights)
 
 
 def ws_error(code: str, message: str, retry_after_ms: int | None = None) -> str:
@@ -300,7 +387,7 @@ def health(version: str) -> str:
 def ready_status(
     *, pool_available: int, pool_total: int, shutting_down: bool = False
 ) -> tuple[int, str]:
-    """``/ready``: the HTTP status and body, decided together (server.md §2.4)."""
+    """``/ready``: the HTTP status and body, decided together (docs/api.md "GET /ready")."""
     reason: str | None = None
     if shutting_down:
         reason, pool_available = "shutting_down", 0
@@ -327,8 +414,13 @@ def models(
     supported_rates: Sequence[int] = SUPPORTED_RATES,
     diarization: bool = False,
     sample_rate: int = MODEL_SAMPLE_RATE,
+    capacity: int | None = None,
 ) -> str:
-    """``/v1/models`` body in the key order of server.md §2.5."""
+    """``/v1/models`` body in the key order of docs/api.md "GET /v1/models".
+
+    ``capacity`` (D27: the live sessions measured by ``--pool-size auto``) trails, only when set.
+    """
+    extra: dict[str, int] = {} if capacity is None else {"capacity": capacity}
     return dumps(
         {
             "id": MODEL_ID,
@@ -342,6 +434,7 @@ def models(
             "supported_formats": list(supported_formats),
             "supported_rates": list(supported_rates),
             "diarization": diarization,
+            **extra,
         }
     )
 
@@ -361,6 +454,43 @@ class Configure:
     sample_rate: int | None = None
     diarization: bool | None = None
     protocol_version: str | None = None
+    endpoint_mode: str | None = None
+    min_silence_ms: int | None = None
+    commit_policy: str | None = None
+    vad: bool | None = None
+    # The JSON array as given; invalid_field() checks that it is a list of phrases.
+    hotwords: tuple[object, ...] | None = None
+
+    def invalid_field(self, *, vad_loaded: bool = False) -> str | None:
+        """The error code of the first field with a bad value, or None when all are good.
+
+        Checked before anything is applied: a configure is applied whole or not at all
+        (docs/api.md "GET /v1/ws"). ``protocol_version`` is not checked here: an unsupported
+        one ends the session instead (D25).
+        """
+        if self.sample_rate is not None and self.sample_rate not in SUPPORTED_RATES:
+            return "invalid_sample_rate"
+        if self.endpoint_mode is not None and self.endpoint_mode not in ENDPOINT_MODES:
+            return "invalid_endpoint_mode"
+        low, high = MIN_SILENCE_MS_RANGE
+        if self.min_silence_ms is not None and not low <= self.min_silence_ms <= high:
+            return "invalid_min_silence_ms"
+        if self.commit_policy is not None and self.commit_policy not in COMMIT_POLICIES:
+            return "invalid_commit_policy"
+        if self.vad and not vad_loaded:
+            return "vad_not_loaded"
+        if self.hotwords is not None and not _phrase_list(self.hotwords):
+            return "invalid_hotwords"
+        return None
+
+
+def _phrase_list(items: tuple[object, ...]) -> bool:
+    """At most MAX_HOTWORDS phrases: strings of 1..MAX_HOTWORD_CHARS characters, not blank,
+    without control characters (a phrase is one line of a hotwords file)."""
+    return len(items) <= MAX_HOTWORDS and all(
+        isinstance(item, str) and item.strip() and len(item) <= MAX_HOTWORD_CHARS
+        and not any(ch < " " or "\x7f" <= ch <= "\x9f" for ch in item)
+        for item in items)
 
 
 class _Invalid(ValueError):
@@ -390,14 +520,23 @@ def _parse_int(text: str) -> int | float:
     return int(text)
 
 
-_CONFIGURE_FIELDS = frozenset({"sample_rate", "diarization", "protocol_version"})
+# serde_json's recursion limit: a message nested deeper (arrays and objects, the root object
+# included) is invalid JSON to the reference, so it is ignored here too.
+MAX_DEPTH = 127
+
+_CONFIGURE_FIELDS = frozenset({"sample_rate", "diarization", "protocol_version", "endpoint_mode",
+                               "min_silence_ms", "commit_policy", "vad", "hotwords"})
 
 
 def parse_control(text: str) -> Stop | Configure | None:
-    """Parse a client text frame; None for anything the session must silently ignore (§4.2).
+    """Parse a client text frame; None for anything the session must silently ignore.
+
+    See docs/api.md "GET /v1/ws".
 
     Mirrors serde's internally tagged enum: unknown fields are ignored, a field of the wrong
     type or a repeated known field makes the whole message invalid, ``null`` means absent.
+    Values are checked for type only; ``Configure.invalid_field`` judges them. ``punctuation``
+    and ``itn`` are accepted and ignored like any unknown field.
     """
     try:
         root = json.loads(
@@ -409,7 +548,7 @@ def parse_control(text: str) -> Stop | Configure | None:
         )
     except (ValueError, RecursionError):
         return None
-    if not isinstance(root, _Object) or _has_lone_surrogate(root):
+    if not isinstance(root, _Object) or not _acceptable(root):
         return None
     kinds = [value for key, value in root if key == "type"]
     if len(kinds) != 1:
@@ -434,16 +573,45 @@ def parse_control(text: str) -> Stop | Configure | None:
         return None
     if version is not None and not isinstance(version, str):
         return None
-    return Configure(sample_rate=rate, diarization=diar, protocol_version=version)
+    mode, policy = fields.get("endpoint_mode"), fields.get("commit_policy")
+    silence, vad = fields.get("min_silence_ms"), fields.get("vad")
+    hotwords = fields.get("hotwords")
+    if any(v is not None and not isinstance(v, str) for v in (mode, policy)):
+        return None
+    # Any whole number has the right type, so -1 or 100000 is answered with the range error.
+    if silence is not None and type(silence) is not int:
+        return None
+    if vad is not None and type(vad) is not bool:
+        return None
+    # An array, however bad its items, is a hotwords list to judge (invalid_hotwords); an
+    # object (_Object, also a list) or a scalar is the wrong type.
+    if hotwords is not None and (type(hotwords) is not list):
+        return None
+    return Configure(
+        sample_rate=rate, diarization=diar, protocol_version=version,
+        endpoint_mode=mode if isinstance(mode, str) else None,
+        min_silence_ms=silence if type(silence) is int else None,
+        commit_policy=policy if isinstance(policy, str) else None,
+        vad=vad if type(vad) is bool else None,
+        hotwords=tuple(hotwords) if isinstance(hotwords, list) else None,
+    )
 
 
-def _has_lone_surrogate(value: object) -> bool:
-    # json.loads turns an unpaired "\ud800" escape into a lone surrogate; serde_json buffers
-    # the whole message and rejects it, and such a string could not be echoed back as UTF-8.
-    if isinstance(value, str):
-        return any("\ud800" <= ch <= "\udfff" for ch in value)
-    if isinstance(value, _Object):
-        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value)
-    if isinstance(value, list):
-        return any(_has_lone_surrogate(v) for v in value)
-    return False
+def _acceptable(root: _Object) -> bool:
+    """False if serde_json would refuse the tree: too deep, or a lone surrogate anywhere."""
+    # An explicit stack, not recursion: the client picks the depth, and malformed messages are
+    # ignored however deep they are (docs/api.md), never allowed to overflow the Python stack.
+    stack: list[tuple[object, int]] = [(root, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            # json.loads turns an unpaired "\ud800" escape into a lone surrogate; serde_json
+            # rejects it, and such a string could not be echoed back as UTF-8.
+            if any("\ud800" <= ch <= "\udfff" for ch in item):
+                return False
+        elif isinstance(item, list):  # an array, or an object (_Object: its key/value pairs)
+            if depth > MAX_DEPTH:
+                return False
+            values = (v for pair in item for v in pair) if isinstance(item, _Object) else item
+            stack.extend((v, depth + 1) for v in values)
+    return True

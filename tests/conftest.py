@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 # Fuzz tests: a fixed seed and a modest example count by default (CI); for long local runs,
-# `pytest --hypothesis-profile=deep tests/test_fuzz_*.py` (docs/runbook.md "Fuzzing").
+# `pytest --hypothesis-profile=deep tests/test_fuzz_*.py` (docs/architecture.md §16).
 settings.register_profile("ci", max_examples=150, derandomize=True, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("deep", max_examples=20_000, deadline=None,

@@ -113,7 +113,7 @@ def test_timeout() -> None:
         assert time.monotonic() - started >= 0.015
         assert (pool.waiters, pool.available) == (0, 0)
         holder.release()
-        assert_idle(pool)  # the timed-out waiter did not swallow the slot (§14 #15)
+        assert_idle(pool)  # the timed-out waiter did not swallow the slot (D3)
 
     run(body)
 

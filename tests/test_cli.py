@@ -1,4 +1,4 @@
-"""The command line: exit codes, usage errors, the bind guard, settings precedence (server.md §1).
+"""The command line: exit codes, usage errors, the bind guard, settings precedence.
 """
 
 from __future__ import annotations
@@ -13,7 +13,11 @@ import pytest
 from gigastt import __version__
 from gigastt.cli import build_parser
 from gigastt.config import (
+    INT_RANGES,
+    LIMIT_ENV,
+    LIMIT_KEYS,
     ConfigError,
+    InvalidSetting,
     Limits,
     bind_allowed,
     is_loopback_host,
@@ -142,10 +146,13 @@ def test_precedence_default_file_env_flag(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    ("idle_timeout_secs = 'ten'\n", "must be a non-negative integer"),
-    ("idle_timeout_secs = -1\n", "must be a non-negative integer"),
-    ("idle_timeout_secs = true\n", "must be a non-negative integer"),
+    ("idle_timeout_secs = 'ten'\n", "idle_timeout_secs must be an integer in 0..604800"),
+    ("idle_timeout_secs = -1\n", "idle_timeout_secs must be an integer in 0..604800"),
+    ("idle_timeout_secs = true\n", "idle_timeout_secs must be an integer in 0..604800"),
+    ("idle_timeout_secs = 1.5\n", "idle_timeout_secs must be an integer in 0..604800"),
     ("this is not toml", "Failed to parse config file"),
+    ("idle_timeout_secs = " + "[" * 5000 + "]" * 5000, "nested too deeply"),
+    ("idle_timeout_secs = " + "9" * 5000, "number too long"),
     ("rate_limit_per_minute = 10\nrate_limit_burst = 0\n", "--rate-limit-burst must be > 0"),
 ])
 def test_bad_config_files(tmp_path: Path, content: str, message: str) -> None:
@@ -169,3 +176,22 @@ def test_clamps() -> None:
     assert config.limits.shutdown_drain_secs == 1
     assert config.limits.pool_checkout_timeout_secs == 1
     assert config.limits.rate_limit_per_minute == 60000
+
+
+def test_one_range_per_limit_for_flag_environment_and_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    for key in LIMIT_KEYS:
+        high = INT_RANGES[key][1]
+        flag = "--" + key.replace("_", "-")
+        path.write_text(f"{key} = {high}\n")
+        assert read_limits_file(path) == {key: high}
+        assert getattr(serve_config(_args(flag, str(high)), {}).limits, key) in (high, 60000)
+        env = {LIMIT_ENV[key]: str(high)}
+        assert getattr(serve_config(_args(), env).limits, key) in (high, 60000)  # rpm clamp
+        path.write_text(f"{key} = {high + 1}\n")
+        with pytest.raises(InvalidSetting, match=f"{key} must be an integer in 0..{high}"):
+            read_limits_file(path)
+        with pytest.raises(SystemExit):
+            _args(flag, str(high + 1))
+        with pytest.raises(InvalidSetting, match=LIMIT_ENV[key]):
+            serve_config(_args(), {LIMIT_ENV[key]: str(high + 1)})

@@ -41,6 +41,7 @@ from gigastt.config import (
     is_loopback_host,
     serve_config,
 )
+from gigastt.server.metrics import ServerMetrics
 from gigastt.testing.audio import silence, tone_sequence, wav_bytes
 from tests.serverproc import Reply, ServerProcess
 from tests.wsclient import collect, pcm16
@@ -791,7 +792,8 @@ def _k8s() -> dict[str, dict[str, Any]]:
 
 def test_kubernetes_manifests() -> None:
     docs = _k8s()
-    assert set(docs) == {"Kustomization", "Deployment", "Service", "PersistentVolumeClaim"}
+    assert set(docs) == {"Kustomization", "Deployment", "Service", "PersistentVolumeClaim",
+                         "HorizontalPodAutoscaler"}
     assert sorted(docs["Kustomization"]["resources"]) == sorted(
         d["_file"] for kind, d in docs.items() if kind != "Kustomization")
     deployment = docs["Deployment"]["spec"]
@@ -847,6 +849,36 @@ def test_kubernetes_manifests() -> None:
     service = docs["Service"]["spec"]
     assert service["selector"].items() <= labels.items()
     assert [p["targetPort"] for p in service["ports"]] == ["http"]
+    # Autoscaling (D27): the HPA scales this Deployment on the pods' pool utilisation, which
+    # gigastt exports with --metrics and the Prometheus adapter rule of docs/deployment.md serves.
+    assert config.metrics and config.pool_auto
+    annotations = deployment["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == config.port
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert "replicas" not in deployment  # the HPA owns the count
+    hpa = docs["HorizontalPodAutoscaler"]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": docs["Deployment"]["metadata"]["name"]}
+    assert 1 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "Pods"
+    assert metric["pods"]["metric"]["name"] == "gigastt_pool_utilisation"
+    target = metric["pods"]["target"]
+    assert target["type"] == "AverageValue" and 0 < _quantity(target["averageValue"]) < 1
+    behavior = hpa["spec"]["behavior"]
+    assert (behavior["scaleDown"]["stabilizationWindowSeconds"]
+            > behavior["scaleUp"]["stabilizationWindowSeconds"])
+    # The adapter rule in the guide exposes exactly that metric from gigastt's own series.
+    guide = (ROOT / "docs" / "deployment.md").read_text()
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", guide, re.S) if "seriesQuery" in b]
+    yaml = pytest.importorskip("yaml")
+    (rule,) = yaml.safe_load(block)["rules"]
+    assert rule["seriesQuery"].startswith("gigastt_pool_utilisation{")
+    assert rule["name"]["as"] == metric["pods"]["metric"]["name"]
+    assert rule["resources"]["overrides"]["pod"] == {"resource": "pod"}
+    assert "gigastt_pool_utilisation" in ServerMetrics(pool_size=1).render()
 
 
 # --- systemd unit --------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Model download (server.md §1.7, issue 6) against a loopback HTTP server that the test controls:
+"""Model download (README "Model files") against a loopback HTTP server that the test controls:
 resume, lock, SHA-256, errors, progress output, and ``serve`` fetching its model on first start.
 """
 
@@ -390,15 +390,15 @@ def test_disk_full_keeps_the_partial_for_later(server: ModelServer, tmp_path: Pa
         def __getattr__(self, name: str) -> Any:
             return getattr(self.handle, name)
 
-    real = dl._open_partial
-    monkeypatch.setattr(dl, "_open_partial", lambda path, mode: Full(real(path, mode)))
+    real = dl.fetch._open_partial
+    monkeypatch.setattr(dl.fetch, "_open_partial", lambda path, mode: Full(real(path, mode)))
     with pytest.raises(StoreError, match=r"No space left on device writing .*encoder\.onnx\.partial"
                        r" .*the download resumes"):
         ensure_model(tmp_path, source(server), policy=FAST)
     assert not (tmp_path / ENCODER).exists()
     kept = (tmp_path / (ENCODER + ".partial")).stat().st_size
     assert kept >= 100_000
-    monkeypatch.setattr(dl, "_open_partial", real)
+    monkeypatch.setattr(dl.fetch, "_open_partial", real)
     ensure_model(tmp_path, source(server), policy=FAST)
     assert_complete(tmp_path, server.files)
     assert server.requests(ENCODER)[-1].range == f"bytes={kept}-"

@@ -155,3 +155,72 @@ def test_batchable_items_of_different_sessions_of_one_lane_are_served_together()
         assert sorted(batches) == [["s0", "s1", "s2"], ["u0", "v0"], ["u1"], ["u2"]]
     finally:
         executor.close(5)
+
+
+@pytest.mark.parametrize("live", [True, False])
+def test_a_batch_with_the_wrong_number_of_results_fails_only_its_own_callers(live: bool) -> None:
+    calls: list[list[str]] = []
+
+    def batch(resource: Resource, items: list[str]) -> list[str]:
+        calls.append(items)
+        if len(calls) == 1:
+            return [item.upper() for item in items][:-1]  # one result short, once
+        return [item.upper() for item in items]
+
+    executor: InferenceExecutor[Resource] = InferenceExecutor(Resource, batch=batch)
+    resource = executor.start()
+    try:
+        blocker = executor.submit("block", lambda r: r.gate.wait(5), live=live)
+        first = [executor.submit_item(f"s{n}", f"s{n}", live=live) for n in range(3)]
+        resource.gate.set()
+        assert blocker.result(5) is True
+        for future in first:
+            with pytest.raises(RuntimeError, match="2 results for 3"):
+                future.result(5)
+        # The lane survived: later work of the same and of other sessions is served.
+        assert executor.submit_item("s0", "again", live=live).result(5) == "AGAIN"
+        assert executor.submit("x", lambda r: "plain", live=live).result(5) == "plain"
+        assert calls == [["s0", "s1", "s2"], ["again"]]
+    finally:
+        executor.close(5)
+
+
+def test_urgent_work_runs_before_every_partial_and_partials_stay_round_robin(
+        lanes: tuple[InferenceExecutor[Resource], Resource]) -> None:
+    """Finals first: three sessions' partials are queued, a final submitted last runs next."""
+    executor, resource = lanes
+    blocker = executor.submit("block", lambda r: r.gate.wait(5), live=True)
+    futures = [executor.submit(f"s{n}", lambda r, n=n, i=i: r.log.append(f"p{n}.{i}"), live=True)
+               for i in range(2) for n in range(3)]
+    futures.append(executor.submit("s3", lambda r: r.log.append("final3"), live=True,
+                                   urgent=True))
+    resource.gate.set()
+    for f in [blocker, *futures]:
+        f.result(5)
+    assert resource.log == ["final3", "p0.0", "p1.0", "p2.0", "p0.1", "p1.1", "p2.1"]
+
+
+def test_urgent_work_keeps_its_sessions_order_and_urgent_batches_take_only_urgent_items() -> None:
+    batches: list[list[str]] = []
+
+    def batch(resource: Resource, items: list[str]) -> list[str]:
+        batches.append(items)
+        return items
+
+    executor: InferenceExecutor[Resource] = InferenceExecutor(Resource, batch=batch)
+    resource = executor.start()
+    try:
+        blocker = executor.submit("block", lambda r: r.gate.wait(5), live=True)
+        futures = [executor.submit_item(f"s{n}", f"p{n}", live=True) for n in range(3)]
+        # s2's final waits behind its own partial, but the session goes first for it; the batch
+        # it leads takes only urgent work of other sessions.
+        futures += [executor.submit_item("s2", "f2", live=True, urgent=True),
+                    executor.submit_item("s4", "f4", live=True, urgent=True)]
+        resource.gate.set()
+        for f in [blocker, *futures]:
+            f.result(5)
+        assert batches == [["p2", "f4"], ["f2"], ["p0", "p1"]]
+        # Once the urgent work is done, the lane is plain round-robin again.
+        assert executor.submit_item("x", "later", live=True).result(5) == "later"
+    finally:
+        executor.close(5)

@@ -1,4 +1,4 @@
-"""Real signals against a real server: SIGTERM/SIGINT drain, SIGHUP reload (server.md §8, D12).
+"""Real signals against a real server: SIGTERM/SIGINT drain, SIGHUP reload (D1, D12).
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Metrics exposition tests: §10.3 byte layout (M7), the first-scrape example, parser acceptance."""
+"""Metrics exposition tests: the byte layout of docs/api.md "GET /metrics", the first scrape,
+parser acceptance.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +24,14 @@ FIRST_SCRAPE = """\
 # HELP gigastt_http_requests_total Total HTTP requests processed
 # TYPE gigastt_http_requests_total counter
 
+# HELP gigastt_live_audio_seconds_total Seconds of live audio received
+# TYPE gigastt_live_audio_seconds_total counter
+gigastt_live_audio_seconds_total 0
+
+# HELP gigastt_live_encoded_seconds_total Seconds of audio passed to the encoder by live passes
+# TYPE gigastt_live_encoded_seconds_total counter
+gigastt_live_encoded_seconds_total 0
+
 # HELP gigastt_pool_timeouts_total Total pool checkout timeouts
 # TYPE gigastt_pool_timeouts_total counter
 
@@ -32,11 +42,21 @@ FIRST_SCRAPE = """\
 # TYPE gigastt_pool_available gauge
 gigastt_pool_available 4
 
+# HELP gigastt_pool_utilisation Fraction of the pool's slots in use (0 to 1)
+# TYPE gigastt_pool_utilisation gauge
+gigastt_pool_utilisation 0
+
 # HELP gigastt_pool_waiters Number of tasks currently waiting for a pool checkout
 # TYPE gigastt_pool_waiters gauge
+gigastt_pool_waiters 0
 
 # HELP gigastt_ws_active_connections Number of active WebSocket connections
 # TYPE gigastt_ws_active_connections gauge
+gigastt_ws_active_connections 0
+
+# HELP gigastt_ws_lag_max_seconds Largest lag of the live sessions open now
+# TYPE gigastt_ws_lag_max_seconds gauge
+gigastt_ws_lag_max_seconds 0
 
 # HELP gigastt_http_request_duration_seconds HTTP request duration in seconds
 # TYPE gigastt_http_request_duration_seconds histogram
@@ -47,12 +67,17 @@ gigastt_pool_available 4
 # HELP gigastt_pool_checkout_duration_seconds Time spent waiting for a pool checkout
 # TYPE gigastt_pool_checkout_duration_seconds histogram
 
+# HELP gigastt_ws_lag_seconds Live audio received but not yet recognised, at each pass start
+# TYPE gigastt_ws_lag_seconds histogram
+
 """
 
 
-def test_first_scrape_matches_spec_byte_for_byte() -> None:
+def test_first_scrape_byte_for_byte() -> None:
+    # Unlike the reference, every gauge has a sample from the start (a live value, not the
+    # last one some request happened to set).
     metrics = ServerMetrics()
-    metrics.set_pool(4)
+    metrics.set_pool(4, 0)
     assert metrics.render() == FIRST_SCRAPE
     assert ServerMetrics(pool_size=4).render() == FIRST_SCRAPE
 
@@ -202,6 +227,8 @@ def busy_server_metrics() -> ServerMetrics:
     m.ws_closed()
     m.observe_inference(1.25)
     m.rate_limited()
+    m.live_audio_received(1.5)
+    m.live_pass_started(1.0, 0.6)
     return m
 
 
@@ -225,8 +252,6 @@ def test_server_metrics_convenience_methods() -> None:
     assert 'gigastt_inference_duration_seconds_bucket{le="2.5"} 1\n' in text
     assert "gigastt_inference_duration_seconds_sum 1.25\n" in text
     assert "gigastt_pool_checkout_duration_seconds_count 1\n" in text
-    m.set_pool(4)  # waiters untouched when not given
-    assert "gigastt_pool_waiters 2\n" in m.render()
     assert text.endswith("\n\n")
 
 
@@ -249,6 +274,11 @@ def test_prometheus_client_parser_accepts_output() -> None:
         "gigastt_ws_active_connections",
         "gigastt_inference_duration_seconds",
         "gigastt_rate_limit_rejections",
+        "gigastt_pool_utilisation",
+        "gigastt_ws_lag_seconds",
+        "gigastt_ws_lag_max_seconds",
+        "gigastt_live_audio_seconds",
+        "gigastt_live_encoded_seconds",
         "gigastt_escape",
     }
     for family in families.values():
@@ -268,7 +298,7 @@ def test_prometheus_client_parser_accepts_output() -> None:
     inf = next(s for s in hist.samples if s.labels.get("le") == "+Inf")
     assert inf.value == 1
     # The first-scrape document (families without samples) parses too.
-    assert len(list(parser.text_string_to_metric_families(FIRST_SCRAPE))) == 9
+    assert len(list(parser.text_string_to_metric_families(FIRST_SCRAPE))) == 14
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not on PATH")
@@ -283,3 +313,52 @@ def test_promtool_check_metrics() -> None:
             check=False,
         )
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_label_values_come_from_fixed_sets() -> None:
+    m = ServerMetrics()
+    for method in ("GET", "get", "BREW", "X" * 10_000, "DELETE", "POST"):
+        for status in (200, 404, 599, 299, 101):
+            m.observe_request(method, "other", status, 0.001)
+    text = m.render()
+    series = [line for line in text.splitlines() if line.startswith("gigastt_http_requests_total{")]
+    assert len(series) == 3 * 4  # methods GET, POST, other; statuses 101, 200, 404, other
+    assert 'gigastt_http_requests_total{method="other",path="other",status="other"} 8\n' in text
+    assert 'gigastt_http_requests_total{method="GET",path="other",status="404"} 1\n' in text
+    assert "BREW" not in text and "599" not in text
+
+
+class _Lagging:
+    def __init__(self, lag: float) -> None:
+        self.lag = lag
+
+    def lag_seconds(self) -> float:
+        return self.lag
+
+
+def test_live_metrics_have_no_per_session_labels_and_read_the_lag_at_scrape_time() -> None:
+    m = ServerMetrics(pool_size=4)
+    sessions = [_Lagging(0.5), _Lagging(2.25), _Lagging(1.0)]
+    m.live_sessions.update(sessions)
+    m.live_audio_received(0.1)
+    m.live_audio_received(0.2)
+    m.live_pass_started(0.3, 0.3)
+    m.live_pass_started(0.75, 2.5)
+    m.set_pool(1, 0)
+    text = m.render()
+    assert "gigastt_ws_lag_max_seconds 2.25\n" in text
+    assert "gigastt_pool_utilisation 0.75\n" in text
+    assert "gigastt_live_audio_seconds_total 0.30000000000000004\n" in text
+    assert "gigastt_live_encoded_seconds_total 1.05\n" in text
+    assert 'gigastt_ws_lag_seconds_bucket{le="0.5"} 1\n' in text
+    assert 'gigastt_ws_lag_seconds_bucket{le="3"} 2\n' in text
+    assert "gigastt_ws_lag_seconds_count 2\n" in text
+    sessions[1].lag = 0.0
+    m.live_sessions.discard(sessions[0])
+    assert "gigastt_ws_lag_max_seconds 1\n" in m.render()
+    m.live_sessions.clear()
+    assert "gigastt_ws_lag_max_seconds 0\n" in m.render()
+    # One series per family whatever the number of sessions (D43).
+    assert not [line for line in m.render().splitlines()
+                if line.startswith(("gigastt_ws_lag", "gigastt_live_")) and "{" in line
+                and "le=" not in line]

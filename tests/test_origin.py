@@ -1,4 +1,4 @@
-"""Origin policy tests: the M2/M3 cases of server.md §13.7 and the §5 rules around them."""
+"""Origin policy tests: the rules of docs/api.md "Origin policy (CORS)" and their edge cases."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Wire-format tests: number layout, exact message bytes, control-message parsing (M8, §0.3)."""
+"""Wire-format tests: number layout, exact message bytes, control-message parsing.
+"""
 
 from __future__ import annotations
 
@@ -136,15 +137,17 @@ def test_dumps_string_escaping_matches_serde_json() -> None:
 
 
 def test_ready_exact() -> None:
-    assert protocol.ready() == (
+    # D25: the three trailing keys go to every client; version stays "1.0".
+    limits = {"max_session_secs": 3600, "idle_timeout_secs": 300}
+    tail = ',"min_protocol_version":"1.0","max_session_secs":3600,"idle_timeout_secs":300}'
+    assert protocol.ready(**limits) == (
         '{"type":"ready","model":"gigaam-v3-e2e-rnnt","sample_rate":48000,"version":"1.0",'
-        '"supported_rates":[8000,16000,24000,44100,48000]}'
+        '"supported_rates":[8000,16000,24000,44100,48000]' + tail
     )
-    assert protocol.ready(diarization=True).endswith(',"diarization":true}')
-    assert protocol.ready(supported_rates=()) == (
-        '{"type":"ready","model":"gigaam-v3-e2e-rnnt","sample_rate":48000,"version":"1.0"}'
+    assert protocol.ready(diarization=True, **limits).endswith(',"diarization":true' + tail)
+    assert protocol.ready(supported_rates=(), **limits) == (
+        '{"type":"ready","model":"gigaam-v3-e2e-rnnt","sample_rate":48000,"version":"1.0"' + tail
     )
-    assert "min_protocol_version" not in protocol.ready()
 
 
 def test_segments_exact() -> None:
@@ -320,6 +323,36 @@ def test_parse_control_deep_nesting_does_not_raise() -> None:
     assert parse_control('{"type":"stop","x":' + "[" * 100_000 + "]" * 100_000 + "}") is None
 
 
+@pytest.mark.parametrize("depth", [300, 400, 900, 100_000])
+@pytest.mark.parametrize(("open_", "close"), [("[", "]"), ('{"a":', "}")])
+def test_parse_control_too_deep_is_ignored_without_recursion_error(
+    depth: int, open_: str, close: str
+) -> None:
+    # Deep enough for a recursive walk of the parsed tree to overflow the Python stack, yet
+    # shallow enough for json.loads to build that tree (the 400-deep case of the bug report).
+    leaf = "" if open_ == "[" else "1"
+    text = '{"type":"configure","x":' + open_ * depth + leaf + close * depth + "}"
+    assert parse_control(text) is None
+    unclosed = '{"type":"configure","x":' + open_ * depth
+    assert parse_control(unclosed) is None
+
+
+def test_parse_control_depth_limit_is_serde_jsons() -> None:
+    # serde_json refuses a 128th level of nesting (the root object counts): 126 arrays inside
+    # the root still parse, 127 do not.
+    def nested(n: int) -> str:
+        return '{"type":"configure","x":' + "[" * n + "]" * n + "}"
+
+    assert parse_control(nested(126)) == Configure()
+    assert parse_control(nested(127)) is None
+    assert parse_control('{"type":"stop","x":' + "[" * 127 + "]" * 127 + "}") is None
+
+
+def test_parse_control_lone_surrogate_deep_inside_is_rejected() -> None:
+    assert parse_control('{"type":"stop","a":[{"b":["\\udc00"]}]}') is None
+    assert parse_control('{"type":"stop","\\ud800":1}') is None
+
+
 # --------------------------------------------------------------------------- catalogue
 
 
@@ -351,7 +384,7 @@ def test_error_catalogue() -> None:
         'Supported: [8000, 16000, 24000, 44100, 48000]","code":"invalid_sample_rate"}'
     )
     assert unsupported_protocol_version("2.0") == (
-        '{"type":"error","message":"Unsupported protocol version: 2.0. Supported: 1.0",'
+        '{"type":"error","message":"Unsupported protocol version: 2.0. Supported: 1.0, 1.1, 1.2",'
         '"code":"unsupported_protocol_version"}'
     )
     for code, (status, message) in REST_ERRORS.items():

@@ -1,4 +1,4 @@
-"""``gigastt quantize`` and the automatic INT8 step (inference.md §7, server.md §1.5, issue 6).
+"""``gigastt quantize`` and the automatic INT8 step (README "Model files").
 Generated small models stand in for the real encoder; the INT8 file must load and decode.
 """
 

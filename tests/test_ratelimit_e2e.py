@@ -28,7 +28,8 @@ def test_rl1_burst_then_429_then_refill(limited: ServerProcess) -> None:
     headers = {"X-Forwarded-For": "198.51.100.1"}
     assert limited.request("GET", "/v1/models", headers=headers).status == 200
     reply = limited.request("GET", "/v1/models", headers=headers)
-    assert reply.status == 429 and reply.headers["retry-after"] == "60"
+    # D22: the seconds until the bucket holds a token again (one token per 2 s at 30 rpm).
+    assert reply.status == 429 and reply.headers["retry-after"] == "2"
     assert reply.body == b'{"code":"rate_limited","error":"Too many requests"}'
     time.sleep(2.5)
     assert limited.request("GET", "/v1/models", headers=headers).status == 200

@@ -1,4 +1,4 @@
-"""REST end to end against a real ``gigastt serve`` subprocess (server.md §2, §5, §9, §13.1, §13.7).
+"""REST end to end against a real ``gigastt serve`` subprocess (docs/api.md).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def healthy(server: ServerProcess) -> bool:
     return server.request("GET", "/health").status == 200
 
 
-# --- §13.1 REST acceptance ----------------------------------------------------------------------
+# --- REST basics ----------------------------------------------------------------------------------
 
 
 def test_r1_health(server: ServerProcess) -> None:
@@ -117,7 +117,7 @@ def test_e1_chunked_body_over_the_limit(small_model: Path) -> None:
         assert proc.stop() == 0
 
 
-# --- routing rules of §2.2 ----------------------------------------------------------------------
+# --- routing rules ------------------------------------------------------------------------------
 
 
 def test_unknown_path_and_trailing_slash_are_404_with_empty_body(server: ServerProcess) -> None:
@@ -160,7 +160,7 @@ def test_ready_and_models(server: ServerProcess) -> None:
     assert models["supported_rates"] == [8000, 16000, 24000, 44100, 48000]
 
 
-# --- §13.7 M1 request ids, M2 origins -----------------------------------------------------------
+# --- request ids, origins ------------------------------------------------------------------------
 
 
 def test_m1_request_ids(server: ServerProcess) -> None:
@@ -231,7 +231,7 @@ def test_preflight(server: ServerProcess) -> None:
     assert server.request("OPTIONS", "/v1/models").status == 405
 
 
-# --- §10 metrics ----------------------------------------------------------------------------------
+# --- metrics --------------------------------------------------------------------------------------
 
 
 def test_metrics_parse_and_count(server: ServerProcess) -> None:

@@ -1,4 +1,4 @@
-"""WebSocket and SSE end to end against a real server (server.md §3, §4, §13.2–13.4; D7, D13, D20).
+"""WebSocket and SSE end to end against a real server (docs/api.md; D7, D13, D20).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def types(messages: list[dict[str, Any]]) -> list[str]:
     return [m["type"] for m in messages]
 
 
-# --- §13.2 W1–W9 ----------------------------------------------------------------------------
+# --- sessions --------------------------------------------------------------------------------
 
 
 def test_w1_ready(server: ServerProcess) -> None:
@@ -68,8 +68,11 @@ def test_w1_ready(server: ServerProcess) -> None:
         return ready
 
     ready = asyncio.run(main())
-    assert list(ready) == ["type", "model", "sample_rate", "version", "supported_rates"]
+    assert list(ready) == ["type", "model", "sample_rate", "version", "supported_rates",
+                           "min_protocol_version", "max_session_secs", "idle_timeout_secs"]
     assert ready["version"] == "1.0" and ready["sample_rate"] == 48000
+    assert ready["min_protocol_version"] == "1.0"
+    assert (ready["max_session_secs"], ready["idle_timeout_secs"]) == (3600, 300)  # defaults
     assert "gigaam" in ready["model"] and ready["supported_rates"] == [8000, 16000, 24000,
                                                                         44100, 48000]
 
@@ -128,7 +131,7 @@ def test_w5_invalid_sample_rate(server: ServerProcess, rate: Any) -> None:
             "message": "Unsupported sample rate: 7000Hz. Supported: [8000, 16000, 24000, 44100,"
                        " 48000]"}
         assert types(messages) == ["error", "final"]
-    else:  # wrong JSON types are ignored silently (server.md §4.2)
+    else:  # wrong JSON types are ignored silently (docs/api.md "GET /v1/ws")
         assert types(messages) == ["final"]
 
 
@@ -448,7 +451,7 @@ def test_server_pings_keep_quiet_sessions_observable(tone_model: Path) -> None:
         assert proc.stop() == 0
 
 
-# --- SSE (§3, R5–R8) -----------------------------------------------------------------------
+# --- SSE ------------------------------------------------------------------------------------
 
 
 def _sse_events(body: bytes) -> list[dict[str, Any]]:

@@ -1,5 +1,6 @@
 """Tests of the generated test models (gigastt.testing.models) and synthetic audio.
-Checks the §2 graph interface, determinism, onnx-asr compatibility and decoding behaviour.
+Checks the graph interface (docs/architecture.md §12), determinism, onnx-asr compatibility and
+decoding behaviour.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def test_max_tokens_per_step_is_written(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------
-# graph interface (inference.md §2)
+# graph interface (docs/architecture.md §12)
 
 
 def _io(session: ort.InferenceSession) -> tuple[dict[str, tuple[str, int]], ...]:

@@ -1,4 +1,4 @@
-"""Vocabulary parsing and the token → text/words mapping (inference.md §3).
+"""Vocabulary parsing and the token → text/words mapping (docs/architecture.md §12).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The inference lanes: two threads share the one model, and asyncio callers await their work.
 
 Live streams and bulk files each have a lane; within a lane, work is queued per session, served
-round-robin, and recognition requests from different sessions are decoded together in one batch.
+round-robin (sessions with urgent work first), and recognition requests from different sessions
+are decoded together in one batch.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class _Job:
     future: concurrent.futures.Future[Any]
     work: Callable[[Any], Any] | None = None  # a plain callable, run alone
     item: Any = None  # or an item for the batch function, run with other sessions' items
+    urgent: bool = False
 
 
 def lower_thread_priority(niceness: int) -> None:
@@ -76,6 +78,13 @@ class InferenceExecutor(Generic[R]):
     event loop's priority, bulk far below live. ``batch(resource, items)`` serves ``submit_item``
     work: a lane takes the head item of up to ``MAX_BATCH`` of its sessions at once. The resource
     must allow one call from each lane at a time (onnxruntime sessions do).
+
+    Work submitted with ``urgent=True`` (a live session's final pass) is served before the lane's
+    other work: a session holding urgent work goes ahead of every session that holds none, its
+    earlier work included (a session's own order never changes), and a batch led by urgent work
+    takes only urgent work, so a final never waits for other sessions' partials. Everything else
+    stays round-robin, so under saturation each session's partials thin out alike
+    (docs/architecture.md §10).
     """
 
     def __init__(self, load: Callable[[], R], *,
@@ -86,6 +95,8 @@ class InferenceExecutor(Generic[R]):
         # One ring of per-session queues per lane.
         self._rings: tuple[OrderedDict[Hashable, deque[_Job]], ...] = (OrderedDict(),
                                                                          OrderedDict())
+        # Per lane: how many urgent jobs each session has queued (sessions with none are absent).
+        self._urgent: tuple[dict[Hashable, int], ...] = ({}, {})
         self._wake = threading.Condition()
         self._closed = False
         self._ready: concurrent.futures.Future[R] = concurrent.futures.Future()
@@ -111,61 +122,79 @@ class InferenceExecutor(Generic[R]):
                 thread.join(timeout)
 
     def _enqueue(self, session: Hashable, job: _Job, live: bool) -> None:
+        lane = LIVE if live else BULK
         with self._wake:
             if self._closed:
                 raise ExecutorClosed("inference executor is closed")
-            self._rings[LIVE if live else BULK].setdefault(session, deque()).append(job)
+            self._rings[lane].setdefault(session, deque()).append(job)
+            if job.urgent:
+                urgent = self._urgent[lane]
+                urgent[session] = urgent.get(session, 0) + 1
             self._wake.notify_all()
 
-    def submit(self, session: Hashable, work: Callable[[R], T], *,
-               live: bool = False) -> concurrent.futures.Future[T]:
+    def submit(self, session: Hashable, work: Callable[[R], T], *, live: bool = False,
+               urgent: bool = False) -> concurrent.futures.Future[T]:
         """Queue ``work`` behind this session's earlier work; returns a thread-safe future.
 
         A future cancelled before a lane reaches it is skipped, so a caller that goes away costs
-        nothing.
+        nothing. ``urgent`` work goes ahead of the lane's other sessions (see the class).
         """
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._enqueue(session, _Job(future, work=work), live)
+        self._enqueue(session, _Job(future, work=work, urgent=urgent), live)
         return future
 
-    def submit_item(self, session: Hashable, item: Any, *,
-                    live: bool = False) -> concurrent.futures.Future[Any]:
+    def submit_item(self, session: Hashable, item: Any, *, live: bool = False,
+                    urgent: bool = False) -> concurrent.futures.Future[Any]:
         """Queue an item for the batch function."""
         if self._batch is None:
             raise TypeError("this executor has no batch function")
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._enqueue(session, _Job(future, item=item), live)
+        self._enqueue(session, _Job(future, item=item, urgent=urgent), live)
         return future
 
-    async def run(self, session: Hashable, work: Callable[[R], T], *, live: bool = False) -> T:
+    async def run(self, session: Hashable, work: Callable[[R], T], *, live: bool = False,
+                  urgent: bool = False) -> T:
         """Await ``work`` from the event loop; cancelling the await cancels queued work."""
-        return await asyncio.wrap_future(self.submit(session, work, live=live))
+        return await asyncio.wrap_future(self.submit(session, work, live=live, urgent=urgent))
 
-    async def run_item(self, session: Hashable, item: Any, *, live: bool = False) -> Any:
-        return await asyncio.wrap_future(self.submit_item(session, item, live=live))
+    async def run_item(self, session: Hashable, item: Any, *, live: bool = False,
+                       urgent: bool = False) -> Any:
+        return await asyncio.wrap_future(
+            self.submit_item(session, item, live=live, urgent=urgent))
 
     def _take(self, lane: int) -> list[_Job] | None:
         """The lane's next job, or batchable jobs of several sessions; None when closed and idle."""
-        ring = self._rings[lane]
+        ring, urgent = self._rings[lane], self._urgent[lane]
         with self._wake:
             while not ring:
                 if self._closed:
                     return None
                 self._wake.wait()
-            first = next(iter(ring))
-            taken = [self._pop(ring, first)]
+            # The first session in ring order that holds urgent work, else the ring's head.
+            first = next((s for s in ring if s in urgent), None) if urgent else None
+            lead = first is not None
+            if first is None:
+                first = next(iter(ring))
+            taken = [self._pop(lane, first)]
             if taken[0].work is None:
-                # One item per session per batch, so that batching never breaks round-robin.
-                others = [s for s in ring if s != first and ring[s][0].work is None]
-                taken += [self._pop(ring, s) for s in others[: MAX_BATCH - 1]]
+                # One item per session per batch, so that batching never breaks round-robin; an
+                # urgent batch stays urgent-only, so its cost is the finals' alone.
+                others = [s for s in ring if s != first and ring[s][0].work is None
+                          and (not lead or ring[s][0].urgent)]
+                taken += [self._pop(lane, s) for s in others[: MAX_BATCH - 1]]
             return taken
 
-    @staticmethod
-    def _pop(ring: OrderedDict[Hashable, deque[_Job]], session: Hashable) -> _Job:
+    def _pop(self, lane: int, session: Hashable) -> _Job:
+        ring, urgent = self._rings[lane], self._urgent[lane]
         queue = ring.pop(session)
         job = queue.popleft()
         if queue:
             ring[session] = queue  # back of the ring: round-robin
+        if job.urgent:
+            if urgent[session] == 1:
+                del urgent[session]
+            else:
+                urgent[session] -= 1
         return job
 
     def _live_main(self) -> None:
@@ -192,8 +221,11 @@ class InferenceExecutor(Generic[R]):
                     results = [jobs[0].work(resource)]
                 else:
                     assert self._batch is not None
-                    results = self._batch(resource, [job.item for job in jobs])
+                    results = list(self._batch(resource, [job.item for job in jobs]))
+                    if len(results) != len(jobs):
+                        raise RuntimeError(f"batch gave {len(results)} results for {len(jobs)}")
             except BaseException as exc:  # delivered to the awaiting callers, never lost
+                # Only this pass's callers fail; the lane goes on serving the next jobs.
                 for job in jobs:
                     job.future.set_exception(exc)
             else:
@@ -211,9 +243,13 @@ def recognition_executor(load: Callable[[], Recognizer]) -> InferenceExecutor[Re
 
 
 async def recognize(executor: InferenceExecutor[Recognizer], session: Hashable,
-                    samples: npt.NDArray[np.float32], *, live: bool = False) -> list[Token]:
-    """Tokens of one window, computed on a lane (batched with that lane's other sessions)."""
-    tokens: list[Token] = await executor.run_item(session, samples, live=live)
+                    samples: npt.NDArray[np.float32], *, live: bool = False,
+                    urgent: bool = False) -> list[Token]:
+    """Tokens of one window, computed on a lane (batched with that lane's other sessions).
+
+    ``urgent``: a final pass, served before the lane's partial passes (finals first).
+    """
+    tokens: list[Token] = await executor.run_item(session, samples, live=live, urgent=urgent)
     return tokens
 
 

@@ -1,6 +1,7 @@
 """File recognition: long audio cut into windows at quiet points, each through encoder and decoder.
 
-Windows keep the encoder near its trained length and below its 200 s limit (inference.md §8).
+Windows keep the encoder near its trained length and below its 200 s limit
+(docs/architecture.md §11).
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ class AdmissionPool:
     Invariant: ``available > 0`` implies nobody is waiting, because a released slot is handed
     straight to the oldest live waiter. A waiter that gave up (timeout, cancellation) stays in
     the deque as a done future and is skipped, so hand-over never reaches a dead waiter (the
-    reference's slot leak, server.md §14 #15).
+    slot would be lost for good: D3 in docs/decisions.md).
     """
 
     def __init__(self, size: int) -> None:

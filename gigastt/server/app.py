@@ -17,20 +17,27 @@ from typing import TextIO
 from gigastt import protocol
 from gigastt.config import (
     ConfigError,
+    InvalidSetting,
+    Limits,
     ServeConfig,
     bind_allowed,
     bind_refusal,
+    inflight_body_budget,
     is_loopback_host,
     listen_host,
+    read_api_key_file,
     reload_limits,
     startup_overrides,
     with_config_file,
 )
+from gigastt.engine.capacity import calibrate
 from gigastt.engine.executor import InferenceExecutor, recognition_executor
 from gigastt.engine.model import GigaamModel, ModelError
 from gigastt.engine.recognizer import Recognizer
 from gigastt.server import routes
 from gigastt.server.admission import AdmissionPool
+from gigastt.server.auth import ApiKeyPolicy
+from gigastt.server.budget import BodyBudget
 from gigastt.server.http import Body, ConnectionDriver, Reply, Request, Timeouts
 from gigastt.server.lifecycle import DrainController
 from gigastt.server.metrics import ServerMetrics
@@ -43,26 +50,33 @@ log = logging.getLogger("gigastt.server")
 EVICT_INTERVAL_SECS = 60.0
 
 
-def _fail(message: str, stream: TextIO = sys.stderr) -> int:
+def _fail(message: str, stream: TextIO = sys.stderr, code: int = 1) -> int:
     print(f"Error: {message}", file=stream)
-    return 1
+    return code
 
 
 def run_server(config: ServeConfig) -> int:
-    """Start-up sequence of server.md §1.4 (bind guard first), then serve until drained."""
+    """Start up (bind guard first, docs/architecture.md §4), then serve until drained."""
     if not bind_allowed(config.host, config.bind_all, os.environ):
         return _fail(bind_refusal(config.host))
     if not is_loopback_host(config.host):
         log.warning("binding to non-loopback address %s: put TLS and auth in front", config.host)
     try:
-        # Downloads what is missing (server.md §1.4 step 2), then the INT8 encoder (step 3).
+        # Before the model: a mistake in the file should not wait for a download to be reported.
+        config = with_config_file(config)
+        # D23: read once; a bad file is refused by name, and the key goes nowhere but the policy.
+        auth = ApiKeyPolicy(read_api_key_file(config.api_key_file)
+                            if config.api_key_file is not None else None)
+    except InvalidSetting as exc:
+        return _fail(str(exc), code=2)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    try:
+        # Downloads what is missing, then creates the INT8 encoder (docs/runbook.md "Start-up and
+        # model files").
         prepare_model(config.model_dir, model_url=config.model_url, env=os.environ,
                       quantize=not config.skip_quantize, on_demand=True)
     except StoreError as exc:
-        return _fail(str(exc))
-    try:
-        config = with_config_file(config)
-    except ConfigError as exc:
         return _fail(str(exc))
     limits = config.limits
     if limits.max_session_secs and limits.max_session_secs < limits.idle_timeout_secs:
@@ -73,8 +87,22 @@ def run_server(config: ServeConfig) -> int:
         recognizer = executor.start()
     except ModelError as exc:
         return _fail(str(exc))
+    capacity: int | None = None
+    if config.pool_auto:
+        # D27: before the server listens, so /ready never answers for an unmeasured pool; on
+        # the live lane, at its priority, as live passes will run.
+        try:
+            measured = executor.submit("calibration", calibrate, live=True).result()
+        except Exception as exc:  # an operator who asked for a measured pool gets none unasked
+            log.exception("capacity calibration failed")
+            return _fail(f"--pool-size auto: the capacity calibration failed ({exc})")
+        capacity = measured.sessions
+        log.info("live capacity: %d real-time sessions (encoder %.4f s per second of audio,"
+                 " re-encode factor %.2f); --pool-size auto uses it", capacity,
+                 measured.encode_cost, measured.reencode_factor)
+        config = dataclasses.replace(config, pool_size=capacity)
     try:
-        return asyncio.run(_serve(config, executor, recognizer))
+        return asyncio.run(_serve(config, executor, recognizer, auth, capacity))
     except OSError as exc:
         return _fail(exc.strerror or str(exc))
     finally:
@@ -84,7 +112,7 @@ def run_server(config: ServeConfig) -> int:
 
 
 async def _serve(config: ServeConfig, executor: InferenceExecutor[Recognizer],
-                 recognizer: Recognizer) -> int:
+                 recognizer: Recognizer, auth: ApiKeyPolicy, capacity: int | None) -> int:
     limits = config.limits
     state = routes.ServerState(
         config=config,
@@ -96,31 +124,37 @@ async def _serve(config: ServeConfig, executor: InferenceExecutor[Recognizer],
         origin=OriginPolicy(config.allow_origins, allow_any=config.cors_allow_any),
         metrics=ServerMetrics(pool_size=config.pool_size) if config.metrics else None,
         limiter=_limiter(limits.rate_limit_per_minute, limits.rate_limit_burst),
+        auth=auth,
+        capacity=capacity,
     )
     lifecycle = DrainController()
     loop = asyncio.get_running_loop()
-    lifecycle.install(loop, lambda: _reload(state))
+    lifecycle.install(loop, _Reloader(state))
     timeouts = Timeouts(header=config.header_timeout_secs,
                         keepalive=config.keepalive_timeout_secs,
-                        body=lambda: float(state.limits.idle_timeout_secs))
+                        idle=lambda: float(state.limits.idle_timeout_secs),
+                        close=config.close_timeout_secs)
+    budget = BodyBudget(lambda: inflight_body_budget(state.limits, config.pool_size))
 
     async def handler(request: Request, body: Body) -> Reply:
         return await routes.handle(state, request, body)
 
-    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # A plain callback, not a coroutine: the connection's task is created and tracked in
+        # one step, so the drain never misses (nor cancels unseen) an accepted connection.
         if len(lifecycle.connections) >= config.max_connections:
-            await _refuse(writer)
+            lifecycle.track(asyncio.ensure_future(_refuse(writer)))
             return
-        driver = ConnectionDriver(reader, writer, handler, timeouts)
-        task = asyncio.current_task()
-        assert task is not None
-        lifecycle.track(driver, task)
-        await driver.run()
+        driver = ConnectionDriver(reader, writer, handler, timeouts, budget)
+        lifecycle.track(asyncio.ensure_future(driver.run()), driver)
 
     host = listen_host(config.host)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    server = await asyncio.start_server(on_connect, host, config.port, family=family,
-                                        reuse_address=True)
+    if host == "::":
+        server = await asyncio.start_server(on_connect, sock=_dual_stack_socket(config.port))
+    else:
+        server = await asyncio.start_server(on_connect, host, config.port, family=family,
+                                            reuse_address=True)
     bound = server.sockets[0].getsockname()
     shown = f"[{bound[0]}]" if family == socket.AF_INET6 else bound[0]
     log.info("gigastt server listening on http://%s:%d", shown, bound[1])
@@ -130,6 +164,9 @@ async def _serve(config: ServeConfig, executor: InferenceExecutor[Recognizer],
         log.warning("CORS: every Origin is allowed (--cors-allow-any)")
     elif config.allow_origins:
         log.info("CORS allowlist: %s", ", ".join(config.allow_origins))
+    if auth.required:
+        log.info("API key required on every route but /health and /ready (%s)",
+                 config.api_key_file)
     evictor = asyncio.ensure_future(_evict_forever(state))
 
     await lifecycle.stop_requested.wait()
@@ -160,16 +197,40 @@ async def _evict_forever(state: routes.ServerState) -> None:
             state.limiter.evict_idle(loop.time())
 
 
-def _reload(state: routes.ServerState) -> None:
-    """SIGHUP (decision D12): file under the start-up overrides; a bad file changes nothing."""
-    if state.config.config_path is None:
-        log.info("No config file specified, ignoring SIGHUP")
-        return
-    try:
-        limits = reload_limits(state.config, startup_overrides(state.config))
-    except ConfigError as exc:
-        log.error("config reload failed, keeping the old limits: %s", exc)
-        return
+class _Reloader:
+    """SIGHUP (decision D12): the file under the start-up overrides; a bad file changes nothing.
+
+    The file is read on a worker thread of the loop's default executor (never the inference
+    lanes), so a slow or stuck file system cannot stall the server; reloads apply one at a time,
+    in the order the signals came.
+    """
+
+    def __init__(self, state: routes.ServerState) -> None:
+        self.state = state
+        self.lock = asyncio.Lock()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def __call__(self) -> None:
+        task = asyncio.ensure_future(self.reload())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def reload(self) -> None:
+        state = self.state
+        if state.config.config_path is None:
+            log.info("No config file specified, ignoring SIGHUP")
+            return
+        async with self.lock:
+            try:
+                limits = await asyncio.to_thread(reload_limits, state.config,
+                                                 startup_overrides(state.config))
+            except ConfigError as exc:
+                log.error("config reload failed, keeping the old limits: %s", exc)
+                return
+            _apply(state, limits)
+
+
+def _apply(state: routes.ServerState, limits: Limits) -> None:
     old = state.limits
     if (limits.rate_limit_per_minute, limits.rate_limit_burst) != (
             old.rate_limit_per_minute, old.rate_limit_burst):
@@ -180,6 +241,21 @@ def _reload(state: routes.ServerState) -> None:
              old.idle_timeout_secs, limits.idle_timeout_secs, old.rate_limit_per_minute,
              limits.rate_limit_per_minute)
     log.info("limits now: %s", ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(limits).items()))
+
+
+def _dual_stack_socket(port: int) -> socket.socket:
+    """``--host ::``: one socket for IPv6 and IPv4 where the system allows it (asyncio would set
+    IPV6_V6ONLY and leave IPv4 clients out; docs/deployment.md "IPv6")."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        with contextlib.suppress(OSError):  # IPv6-only hosts and kernels: keep what they give
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(("::", port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 async def _refuse(writer: asyncio.StreamWriter) -> None:

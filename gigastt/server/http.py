@@ -1,7 +1,8 @@
 """The HTTP/1.1 connection driver: one coroutine per TCP connection around an ``h11.Connection``.
 
-Owns keep-alive, pipelining, 100-continue, the head and body limits and the slow-client timeouts;
-what a request means is decided by the handler (``routes.py``).
+Owns keep-alive, pipelining, 100-continue, the head and body limits, the in-flight body budget and
+the deadlines on slow or vanished peers; what a request means is decided by the handler
+(``routes.py``).
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ import contextlib
 import email.utils
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import h11
+
+from gigastt.server.budget import BUSY_RETRY_AFTER_SECS, BodyBudget, Reservation
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +32,15 @@ Headers = list[tuple[bytes, bytes]]
 
 
 class ClientGone(Exception):
-    """The peer closed or reset the connection."""
+    """The peer closed or reset the connection, or stopped taking our bytes."""
 
 
 class BodyTooLarge(Exception):
     """The request body exceeds the limit the handler asked for."""
+
+
+class ServerBusy(Exception):
+    """The bodies in flight hold the whole in-flight body budget: this one is not read."""
 
 
 class MalformedBody(Exception):
@@ -69,6 +77,11 @@ class Request:
         value = self.header(b"content-length")
         return int(value) if value is not None else None
 
+    @property
+    def has_body(self) -> bool:
+        """Whether the head announces a body (h11 has validated the framing headers)."""
+        return self.header(b"transfer-encoding") is not None or bool(self.content_length)
+
 
 @dataclass(slots=True)
 class Response:
@@ -78,13 +91,22 @@ class Response:
     close: bool = False
 
 
+class ChunkStream(Protocol):
+    """A body produced over time. The driver always closes it, also when it never iterated it
+    (the head could not be sent): closing frees what producing it holds, such as a pool slot."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
 @dataclass(slots=True)
 class StreamingResponse:
     """A response whose body is produced over time (SSE): sent chunked, flushed per chunk."""
 
     status: int
     headers: Headers
-    chunks: AsyncIterator[bytes]
+    chunks: ChunkStream
 
 
 class Upgraded(Protocol):
@@ -111,11 +133,11 @@ class Body:
         self._request = request
 
     async def read(self, limit: int) -> bytes:
-        """The whole body; ``BodyTooLarge`` as soon as it is known to exceed ``limit`` bytes."""
-        declared = self._request.content_length
-        if declared is not None and declared > limit:
-            raise BodyTooLarge
-        return await self._driver.read_body(limit)
+        """The whole body. Before any of it is read: ``BodyTooLarge`` when its declared length
+        exceeds ``limit`` bytes, ``ServerBusy`` when the in-flight body budget cannot hold it (an
+        ``Expect: 100-continue`` client then gets no ``100``). ``BodyTooLarge`` also as soon as a
+        chunked body passes ``limit``."""
+        return await self._driver.read_body(self._request, limit)
 
 
 Handler = Callable[[Request, Body], Awaitable[Reply]]
@@ -123,9 +145,14 @@ Handler = Callable[[Request, Body], Awaitable[Reply]]
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
+    """Deadlines in seconds. ``idle`` (read at each use, so a reload applies at once) bounds each
+    body read and each write that the peer does not take; 0 means no deadline (docs/api.md).
+    ``close`` bounds the flush of the last bytes when the connection closes."""
+
     header: float = 10.0
     keepalive: float = 75.0
-    body: Callable[[], float] = lambda: 300.0
+    idle: Callable[[], float] = lambda: 300.0
+    close: float = 5.0
 
 
 _date_cache: tuple[int, bytes] = (0, b"")
@@ -150,8 +177,13 @@ def new_request_id() -> str:
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
+_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,%d}" % MAX_REQUEST_ID)
+# Controls other than HTAB, which h11's field-value grammar lets through (only NUL is refused).
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 def client_request_id(value: bytes | None) -> str | None:
-    if value and len(value) <= MAX_REQUEST_ID and all(0x21 <= b <= 0x7E for b in value):
+    if value is not None and _REQUEST_ID.fullmatch(value):
         return value.decode("ascii")
     return None
 
@@ -161,19 +193,17 @@ def plain_response(status: int, body: bytes = b"", *, close: bool = True) -> Res
     return Response(status, headers, body, close=close)
 
 
-def _head_size(event: h11.Request) -> int:
-    return len(event.target) + 16 + sum(len(k) + len(v) + 4 for k, v in event.headers)
-
-
 class ConnectionDriver:
     """Serves HTTP/1.1 requests on one connection until it must close."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 handler: Handler, timeouts: Timeouts) -> None:
+                 handler: Handler, timeouts: Timeouts, budget: BodyBudget) -> None:
         self.reader = reader
         self.writer = writer
         self._handler = handler
         self._timeouts = timeouts
+        self._budget = budget
+        self._reservation: Reservation | None = None  # held until the handler is done
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=HEAD_LIMIT)
         peer = writer.get_extra_info("peername")
         self.peer: str | None = peer[0] if isinstance(peer, tuple) else None
@@ -181,12 +211,17 @@ class ConnectionDriver:
         self._eof = False
         self.idle = asyncio.Event()  # set while waiting for the next request (drain closes those)
         self._closing = False
+        self._served = False  # a request has been received on this connection
         self._body_done = asyncio.Event()
 
     def close_when_idle(self) -> None:
-        """Ask the connection to close after the response in progress (graceful shutdown)."""
+        """Ask the connection to close after the response in progress (graceful shutdown).
+
+        One that waits for a further request closes now. One that has not had its first request
+        yet still gets it (the server accepted the connection), under the header deadline.
+        """
         self._closing = True
-        if self.idle.is_set():
+        if self.idle.is_set() and self._served:
             self.writer.close()
 
     async def run(self) -> None:
@@ -197,15 +232,29 @@ class ConnectionDriver:
         except Exception as exc:  # a bug of ours: log it without client data and drop the socket
             log.error("connection error: %s", type(exc).__name__, exc_info=log.isEnabledFor(10))
         finally:
-            self.writer.close()
-            with contextlib.suppress(Exception):
+            self._release_body()
+            await self._close()
+
+    async def _close(self) -> None:
+        """Close the socket, cutting it off (abort) if the peer has not taken the last bytes
+        within the close deadline: otherwise it could hold the connection open for ever."""
+        self.writer.close()
+        closed = False
+        try:
+            async with asyncio.timeout(self._timeouts.close):
                 await self.writer.wait_closed()
+            closed = True
+        except Exception:  # the deadline, or the error that the connection died of
+            pass
+        finally:
+            if not closed:
+                self.writer.transport.abort()
 
     async def _serve(self) -> None:
-        first = True
-        while not self._closing:
+        buffered = False  # bytes of the next request are already in h11's buffer
+        while not (self._closing and self._served):
             try:
-                request = await self._next_request(first)
+                request = await self._next_request(not self._served, buffered)
             except _Timeout:
                 if self._got_bytes:
                     await self._send_simple(plain_response(408))
@@ -215,7 +264,7 @@ class ConnectionDriver:
                 return
             if request is None:
                 return
-            first = False
+            self._served = True
             self._body_done.clear()
             reply = await self._handle(request)
             if reply is None:
@@ -226,22 +275,35 @@ class ConnectionDriver:
             await self._send(request, reply)
             if not await self._finish_cycle(reply):
                 return
+            pending, closed = self._conn.trailing_data
+            buffered = bool(pending) or closed
+            if pending:
+                # The next request is already buffered (pipelining), so nothing above had to
+                # wait: give other connections a turn, or one burst would hold the loop for
+                # seconds (docs/architecture.md §5).
+                await asyncio.sleep(0)
 
-    async def _next_request(self, first: bool) -> Request | None:
-        """Wait for a complete request head under the header/keep-alive deadlines."""
+    async def _next_request(self, first: bool, buffered: bool) -> Request | None:
+        """Wait for a complete request head under the header/keep-alive deadlines.
+
+        ``buffered`` False: h11's buffer is empty and open, so it could only say NEED_DATA; its
+        parse of an empty buffer is skipped (the common keep-alive case).
+        """
         self._got_bytes = False
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self._timeouts.header if first else self._timeouts.keepalive)
         self.idle.set()
         try:
             while True:
-                event = self._conn.next_event()
-                if isinstance(event, h11.Request):
-                    return self._accept_head(event)
-                if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
-                    return None
-                if not self._got_bytes and self._conn.trailing_data[0]:
-                    self._got_bytes = True
+                if buffered:
+                    event = self._conn.next_event()
+                    if isinstance(event, h11.Request):
+                        return self._accept_head(event)
+                    if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                        return None
+                    if not self._got_bytes and self._conn.trailing_data[0]:
+                        self._got_bytes = True
+                buffered = True
                 data = await self._read(deadline - loop.time())
                 if data and not self._got_bytes:
                     self._got_bytes = True
@@ -254,29 +316,47 @@ class ConnectionDriver:
             self.idle.clear()
 
     def _accept_head(self, event: h11.Request) -> Request:
-        if _head_size(event) > HEAD_LIMIT:
+        # One pass over the headers (h11 hands them over as bytes, names lowercased): this runs
+        # for every request, so no per-byte loops in Python.
+        headers: Headers = list(event.headers)
+        size = len(event.target) + 16
+        framing = 0
+        control = False
+        client_rid = None
+        for name, value in headers:
+            size += len(name) + len(value) + 4
+            if _CONTROL.search(value) is not None:
+                control = True
+            if name == b"content-length":
+                framing |= 1
+            elif name == b"transfer-encoding":
+                framing |= 2
+            elif name == b"x-request-id":
+                client_rid = value  # the last one, if repeated
+        if size > HEAD_LIMIT:
             raise h11.RemoteProtocolError("request head exceeds limit", error_status_hint=431)
-        headers = [(bytes(k), bytes(v)) for k, v in event.headers]
-        names = {k for k, _ in headers}
-        if b"transfer-encoding" in names and b"content-length" in names:
+        if framing == 3:
             # RFC 9112 §6.3: a message with both is a smuggling attempt; never guess the length.
             raise h11.RemoteProtocolError("both Transfer-Encoding and Content-Length")
-        if any(any((b < 0x20 and b != 0x09) or b == 0x7F for b in v) for _, v in headers):
+        if control:
             raise h11.RemoteProtocolError("control character in a header value")
-        rid = client_request_id(dict(headers).get(b"x-request-id")) or new_request_id()
         return Request(
             method=event.method.decode("ascii"),
             target=event.target.decode("ascii", "replace"),
             headers=headers,
             peer=self.peer,
-            request_id=rid,
-            http_version=bytes(event.http_version),
+            request_id=client_request_id(client_rid) or new_request_id(),
+            http_version=event.http_version,
         )
 
-    async def _read(self, timeout: float) -> bytes:
+    def _idle(self) -> float | None:
+        """The idle timeout as a deadline: 0 (docs/api.md: no timeout) is None."""
+        return self._timeouts.idle() or None
+
+    async def _read(self, timeout: float | None) -> bytes:
         if self._eof:
             return b""
-        if timeout <= 0:
+        if timeout is not None and timeout <= 0:
             raise _Timeout
         try:
             # asyncio.timeout, not wait_for: no extra task per read on the hot path.
@@ -290,7 +370,18 @@ class ConnectionDriver:
             self._eof = True
         return data
 
-    async def read_body(self, limit: int) -> bytes:
+    async def read_body(self, request: Request, limit: int) -> bytes:
+        if self._conn.their_state is not h11.SEND_BODY:
+            return b""  # no body: its EndOfMessage was taken before the handler ran
+        declared = request.content_length
+        if declared is not None and declared > limit:
+            raise BodyTooLarge
+        # The declared length is reserved before a byte is read; a chunked body starts with one
+        # read's worth and grows its reservation as it arrives (docs/runbook.md, body budget).
+        reservation = self._budget.reserve(min(READ_SIZE, limit) if declared is None else declared)
+        if reservation is None:
+            raise ServerBusy
+        self._reservation = reservation
         if self._conn.they_are_waiting_for_100_continue:
             await self._write(self._conn.send(h11.InformationalResponse(
                 status_code=100, headers=[], reason=b"Continue")))
@@ -303,7 +394,7 @@ class ConnectionDriver:
                 raise MalformedBody from None
             if event is h11.NEED_DATA:
                 try:
-                    data = await self._read(self._timeouts.body())
+                    data = await self._read(self._idle())
                 except _Timeout:
                     raise ClientGone("body read timed out") from None
                 if not data:
@@ -314,6 +405,8 @@ class ConnectionDriver:
                 size += len(event.data)
                 if size > limit:
                     raise BodyTooLarge
+                if size > reservation.size and not reservation.grow(size - reservation.size):
+                    raise ServerBusy
                 chunks.append(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
                 self._body_done.set()
@@ -321,22 +414,28 @@ class ConnectionDriver:
             else:
                 raise ClientGone(f"unexpected {type(event).__name__} in body")
 
+    def _release_body(self) -> None:
+        if self._reservation is not None:
+            self._reservation.release()
+            self._reservation = None
+
     async def _handle(self, request: Request) -> Reply | None:
         """Run the handler; if the client goes away meanwhile, cancel it (freeing its slot).
 
         Only requests with a body can start long work (inference); the others are answered
-        at once, without the task and the EOF watch.
+        in this task, without the handler task and the EOF watch.
         """
-        if request.method in ("GET", "HEAD", "OPTIONS") and self._conn.their_state is h11.DONE:
+        if not request.has_body:
+            self._conn.next_event()  # its EndOfMessage: h11 reports it only when asked
             return await self._handler(request, Body(self, request))
         task = asyncio.ensure_future(self._handler(request, Body(self, request)))
         try:
-            if self._conn.their_state is not h11.DONE:
+            if self._conn.their_state is h11.SEND_BODY:
                 body_done = asyncio.ensure_future(self._body_done.wait())
                 await asyncio.wait({task, body_done}, return_when=asyncio.FIRST_COMPLETED)
                 body_done.cancel()
             if not task.done() and not self._eof:
-                watcher = asyncio.ensure_future(self._watch_eof())
+                watcher = asyncio.ensure_future(self._watch_gone())
                 await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
                 if not watcher.done():
                     watcher.cancel()
@@ -347,6 +446,9 @@ class ConnectionDriver:
             return await task
         except BodyTooLarge:
             return Response(413, close=True)
+        except ServerBusy:
+            return Response(503, [(b"retry-after", str(BUSY_RETRY_AFTER_SECS).encode())],
+                            close=True)
         except MalformedBody:
             return plain_response(400)
         except ClientGone:
@@ -355,21 +457,29 @@ class ConnectionDriver:
             if not task.done():
                 task.cancel()
                 with contextlib.suppress(BaseException):
-                    await task
+                    late = await task  # finished after all: a stream it opened is closed
+                    if isinstance(late, StreamingResponse):
+                        await late.chunks.aclose()
+            self._release_body()
 
-    async def _watch_eof(self) -> None:
-        """Read ahead while the handler works: EOF means the client is gone.
+    async def _watch_gone(self) -> None:
+        """Read ahead while a reply is made or streamed: EOF or a reset means the client is gone.
 
-        Pipelined bytes are handed to h11 for the next cycle; after them the watch stops, so a
-        pipelining client is never buffered without bound.
+        Pipelined bytes are handed to h11 for the next cycle; after them only the loss of the
+        connection ends the watch, so a pipelining client is never buffered without bound.
         """
-        try:
-            data = await self.reader.read(READ_SIZE)
-        except ConnectionError:
-            data = b""
-        if data:
+        if len(self._conn.trailing_data[0]) < READ_SIZE:  # at most one read ahead per reply
+            try:
+                data = await self.reader.read(READ_SIZE)
+            except ConnectionError:
+                data = b""
+            if not data:
+                self._eof = True
+                return
             self._conn.receive_data(data)
-            await asyncio.Event().wait()  # keep running: only EOF or cancellation ends the watch
+        with contextlib.suppress(Exception):
+            # Shielded: cancelling this watch must not cancel the transport's own future.
+            await asyncio.shield(self.writer.wait_closed())
         self._eof = True
 
     def _base_headers(self, request: Request | None, headers: Headers) -> Headers:
@@ -380,25 +490,44 @@ class ConnectionDriver:
         if isinstance(reply, Response):
             await self._send_simple(reply, request)
             return
-        head = h11.Response(status_code=reply.status, reason=_reason(reply.status),
-                            headers=self._base_headers(request, reply.headers))
-        await self._write(self._conn.send(head))
         try:
-            async for chunk in reply.chunks:
-                if chunk:
-                    await self._write(self._conn.send(h11.Data(data=chunk)))
-            await self._write(self._conn.send(h11.EndOfMessage()))
+            headers = self._base_headers(request, reply.headers)
+            if self._closing:  # the drain has begun: this is the connection's last response
+                headers.append((b"connection", b"close"))
+            head = h11.Response(status_code=reply.status, reason=_reason(reply.status),
+                                headers=headers)
+            await self._write(self._conn.send(head))
+            await self._stream(reply.chunks)
         finally:
-            aclose = getattr(reply.chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await reply.chunks.aclose()
+
+    async def _stream(self, chunks: ChunkStream) -> None:
+        """Send the chunks as they come; ClientGone as soon as the client is gone, without
+        waiting for the next chunk (which may be many seconds away)."""
+        pump = asyncio.ensure_future(self._pump(chunks))
+        watch = asyncio.ensure_future(self._watch_gone())
+        try:
+            await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pump, watch):
+                task.cancel()
+            await asyncio.wait({pump, watch})
+        if pump.cancelled():
+            raise ClientGone("client gone during a stream")
+        pump.result()  # an error of a write (ClientGone, ConnectionError) surfaces here
+
+    async def _pump(self, chunks: ChunkStream) -> None:
+        async for chunk in chunks:
+            if chunk:
+                await self._write(self._conn.send(h11.Data(data=chunk)))
+        await self._write(self._conn.send(h11.EndOfMessage()))
 
     async def _send_simple(self, reply: Response, request: Request | None = None) -> None:
         if self._conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         headers = self._base_headers(request, reply.headers)
         headers.append((b"content-length", str(len(reply.body)).encode()))
-        if reply.close:
+        if reply.close or self._closing:
             headers.append((b"connection", b"close"))
         data = self._conn.send(h11.Response(status_code=reply.status, headers=headers,
                                             reason=_reason(reply.status)))
@@ -408,15 +537,22 @@ class ConnectionDriver:
         await self._write(data)
 
     async def _write(self, data: bytes | None) -> None:
+        """Send bytes. ClientGone when the connection is lost, or when the peer has not taken
+        them within the idle timeout (the transport is then aborted: a close would wait for the
+        unsent bytes, and the connection would stay open for ever)."""
         if not data:
             return
+        transport = self.writer.transport
+        if transport.is_closing():
+            raise ClientGone("connection lost")  # writing on would only log socket.send() errors
         self.writer.write(data)
-        if self.writer.transport.get_write_buffer_size() == 0:
+        if transport.get_write_buffer_size() == 0:
             return  # all written already: no need to wait for the transport
         try:
-            async with asyncio.timeout(self._timeouts.body()):
+            async with asyncio.timeout(self._idle()):
                 await self.writer.drain()
         except TimeoutError:
+            transport.abort()
             raise ClientGone("write timed out") from None
 
     async def _finish_cycle(self, reply: Response | StreamingResponse) -> bool:
@@ -436,9 +572,8 @@ class ConnectionDriver:
         return True
 
     async def _switch(self, request: Request, reply: SwitchProtocols) -> None:
-        while self._conn.their_state is h11.SEND_BODY:
-            if self._conn.next_event() is h11.NEED_DATA:
-                return
+        if self._conn.their_state is h11.SEND_BODY:
+            return  # upgrade() refuses requests with a body; never switch with one unread
         self._conn.next_event()  # consume up to PAUSED so EndOfMessage is not left behind
         headers = self._base_headers(request, reply.headers)
         await self._write(self._conn.send(h11.InformationalResponse(
@@ -449,8 +584,9 @@ class ConnectionDriver:
 
 _REASONS = {
     100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 204: b"No Content",
-    400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
-    408: b"Request Timeout", 413: b"Payload Too Large", 422: b"Unprocessable Entity",
+    400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found",
+    405: b"Method Not Allowed", 408: b"Request Timeout", 413: b"Payload Too Large",
+    415: b"Unsupported Media Type", 422: b"Unprocessable Entity",
     426: b"Upgrade Required", 429: b"Too Many Requests", 431: b"Request Header Fields Too Large",
     500: b"Internal Server Error", 503: b"Service Unavailable",
 }

@@ -1,6 +1,7 @@
-"""Prometheus text exposition: counters, gauges and histograms, rendered byte-for-byte per §10.3.
+"""Prometheus text exposition: counters, gauges and histograms, rendered byte for byte.
 
-Pure bookkeeping; the server decides when to observe and passes durations in (server.md §10, D11).
+Pure bookkeeping; the server decides when to observe and passes durations in
+(docs/api.md "GET /metrics"; D11 in docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -8,10 +9,12 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TypeAlias
+from typing import Protocol, TypeAlias
 
 __all__ = [
     "BUCKETS",
+    "METHOD_LABELS",
+    "STATUS_LABELS",
     "Counter",
     "Gauge",
     "Histogram",
@@ -22,8 +25,17 @@ __all__ = [
 ]
 
 BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# A live session's lag is at least one partial interval (0.5 s) even when idle.
+LAG_BUCKETS: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 60.0)
 
 LabelSet: TypeAlias = tuple[tuple[str, str], ...]
+
+# Label values come from fixed sets, never from the client: any token is a valid HTTP method,
+# so a label per method would let every request mint a series (docs/api.md, /metrics). Anything
+# outside a set is counted as "other".
+METHOD_LABELS = frozenset({"GET", "HEAD", "POST", "OPTIONS"})
+STATUS_LABELS = frozenset({101, 200, 204, 400, 401, 403, 404, 405, 408, 413, 415, 422, 426, 429,
+                           431, 500, 503})
 
 
 def format_value(x: float) -> str:
@@ -72,7 +84,7 @@ class _Family:
         given = dict(labels or {})
         if set(given) != set(self.labelnames):
             raise ValueError(f"{self.name} takes labels {self.labelnames}, got {tuple(given)}")
-        # Sorted by key, so the sample order of §10.3 is plain tuple order.
+        # Sorted by key, so the sample order of docs/api.md is plain tuple order.
         return tuple(sorted(given.items()))
 
     def samples(self) -> list[str]:
@@ -80,46 +92,47 @@ class _Family:
 
 
 class _Scalar(_Family):
-    """An integer per label set; a label set has no sample until first touched."""
+    """A number per label set (whole numbers render without ``.0``); none until first touched."""
 
     def __init__(self, name: str, help: str, labelnames: Sequence[str] = ()) -> None:
         super().__init__(name, help, labelnames)
-        self._values: dict[LabelSet, int] = {}
+        self._values: dict[LabelSet, float] = {}
 
-    def value(self, labels: Mapping[str, str] | None = None) -> int:
+    def value(self, labels: Mapping[str, str] | None = None) -> float:
         return self._values.get(self._key(labels), 0)
 
-    def _add(self, labels: Mapping[str, str] | None, amount: int) -> None:
+    def _add(self, labels: Mapping[str, str] | None, amount: float) -> None:
         key = self._key(labels)
         self._values[key] = self._values.get(key, 0) + amount
 
     def samples(self) -> list[str]:
-        return [f"{self.name}{_labels(k)} {v}" for k, v in sorted(self._values.items())]
+        return [f"{self.name}{_labels(k)} {format_value(v)}"
+                for k, v in sorted(self._values.items())]
 
 
 class Counter(_Scalar):
-    """A monotonically increasing integer."""
+    """A monotonically increasing number."""
 
     kind = "counter"
 
-    def inc(self, labels: Mapping[str, str] | None = None, amount: int = 1) -> None:
+    def inc(self, labels: Mapping[str, str] | None = None, amount: float = 1) -> None:
         if amount < 0:
             raise ValueError("a counter only goes up")
         self._add(labels, amount)
 
 
 class Gauge(_Scalar):
-    """An integer that may go up and down."""
+    """A number that may go up and down."""
 
     kind = "gauge"
 
-    def set(self, value: int, labels: Mapping[str, str] | None = None) -> None:
+    def set(self, value: float, labels: Mapping[str, str] | None = None) -> None:
         self._values[self._key(labels)] = value
 
-    def inc(self, labels: Mapping[str, str] | None = None, amount: int = 1) -> None:
+    def inc(self, labels: Mapping[str, str] | None = None, amount: float = 1) -> None:
         self._add(labels, amount)
 
-    def dec(self, labels: Mapping[str, str] | None = None, amount: int = 1) -> None:
+    def dec(self, labels: Mapping[str, str] | None = None, amount: float = 1) -> None:
         self._add(labels, -amount)
 
 
@@ -181,14 +194,26 @@ def render(families: Iterable[Metric]) -> str:
     return "".join(out)
 
 
-class ServerMetrics:
-    """The nine gigastt families with their exact HELP texts (server.md §10.2).
+class LagSource(Protocol):
+    """A live session, asked for its lag when ``/metrics`` is scraped."""
 
-    ``pool_size``, if given, seeds ``gigastt_pool_available`` (every protected request
-    overwrites it anyway, so the first scrape reads the same either way).
+    def lag_seconds(self) -> float:
+        """Audio received but not yet recognised, in seconds."""
+        ...
+
+
+class ServerMetrics:
+    """The gigastt families with their exact HELP texts (docs/api.md "GET /metrics").
+
+    The gauges always have a sample (0 until set); the pool gauges are set from the pool by the
+    scrape itself (``set_pool``), and the lag gauge from the live sessions, so they are current
+    when rendered. ``pool_size``, if given, seeds ``gigastt_pool_available`` and is the total
+    that ``gigastt_pool_utilisation`` divides by. No family has a per-session label (D43).
     """
 
     def __init__(self, *, pool_size: int | None = None) -> None:
+        self.pool_total = pool_size or 0
+        self.live_sessions: set[LagSource] = set()
         self.http_requests = Counter(
             "gigastt_http_requests_total",
             "Total HTTP requests processed",
@@ -218,6 +243,24 @@ class ServerMetrics:
         self.rate_limit_rejections = Counter(
             "gigastt_rate_limit_rejections_total", "Total requests rejected by rate limiter"
         )
+        self.pool_utilisation = Gauge(
+            "gigastt_pool_utilisation", "Fraction of the pool's slots in use (0 to 1)"
+        )
+        self.ws_lag = Histogram(
+            "gigastt_ws_lag_seconds",
+            "Live audio received but not yet recognised, at each pass start",
+            buckets=LAG_BUCKETS,
+        )
+        self.ws_lag_max = Gauge(
+            "gigastt_ws_lag_max_seconds", "Largest lag of the live sessions open now"
+        )
+        self.live_audio = Counter(
+            "gigastt_live_audio_seconds_total", "Seconds of live audio received"
+        )
+        self.live_encoded = Counter(
+            "gigastt_live_encoded_seconds_total",
+            "Seconds of audio passed to the encoder by live passes",
+        )
         self.families: tuple[Metric, ...] = (
             self.http_requests,
             self.http_duration,
@@ -228,19 +271,31 @@ class ServerMetrics:
             self.ws_active,
             self.inference,
             self.rate_limit_rejections,
+            self.pool_utilisation,
+            self.ws_lag,
+            self.ws_lag_max,
+            self.live_audio,
+            self.live_encoded,
         )
-        if pool_size is not None:
-            self.pool_available.set(pool_size)
+        self.set_pool(pool_size or 0, 0)
+        self.ws_active.set(0)
+        self.ws_lag_max.set(0)
+        # From 0, so that the re-encode factor (their ratio) has both series from the start.
+        self.live_audio.inc(amount=0)
+        self.live_encoded.inc(amount=0)
 
     def observe_request(self, method: str, path: str, status: int, seconds: float) -> None:
         """``path`` must already be the route or ``"other"`` (D11: bounded cardinality)."""
-        self.http_requests.inc({"method": method, "path": path, "status": str(status)})
+        method = method if method in METHOD_LABELS else "other"
+        code = str(status) if status in STATUS_LABELS else "other"
+        self.http_requests.inc({"method": method, "path": path, "status": code})
         self.http_duration.observe(seconds, {"method": method, "path": path})
 
-    def set_pool(self, available: int, waiters: int | None = None) -> None:
+    def set_pool(self, available: int, waiters: int) -> None:
         self.pool_available.set(available)
-        if waiters is not None:
-            self.pool_waiters.set(waiters)
+        self.pool_waiters.set(waiters)
+        total = self.pool_total
+        self.pool_utilisation.set((total - available) / total if total > 0 else 0)
 
     def observe_checkout(self, seconds: float) -> None:
         self.pool_checkout.observe(seconds)
@@ -260,5 +315,16 @@ class ServerMetrics:
     def rate_limited(self) -> None:
         self.rate_limit_rejections.inc()
 
+    def live_audio_received(self, seconds: float) -> None:
+        self.live_audio.inc(amount=seconds)
+
+    def live_pass_started(self, encoded_seconds: float, lag_seconds: float) -> None:
+        """A live pass was submitted: its length feeds the re-encode factor, its lag the
+        histogram (encoded / audio seconds, both totals, is the factor)."""
+        self.live_encoded.inc(amount=encoded_seconds)
+        self.ws_lag.observe(lag_seconds)
+
     def render(self) -> str:
+        lags = [source.lag_seconds() for source in self.live_sessions]
+        self.ws_lag_max.set(max(lags, default=0))
         return render(self.families)

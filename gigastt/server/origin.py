@@ -1,6 +1,6 @@
 """Origin policy: which browser origins may call the API, and the CORS headers they get.
 
-Sans-I/O: takes the Origin header value, returns a decision (docs/api.md "Origin policy").
+Sans-I/O: takes the Origin header value, returns a decision (docs/api.md "Origin policy (CORS)").
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ def _is_visible_ascii(s: str) -> bool:
 
 
 def is_loopback_origin(origin: str) -> bool:
-    """True for http(s) origins on localhost, 127.0.0.1 or [::1], any port (§5.1 rule 3).
+    """True for http(s) origins on localhost, 127.0.0.1 or [::1], any port.
+
+    See docs/api.md "Origin policy (CORS)".
 
     The character after the host must be ``:`` or ``/`` (or nothing), so that
     ``http://localhost.evil.example.com`` and ``http://127.0.0.10`` do not qualify.

@@ -1,26 +1,26 @@
 """Per-client-IP token buckets and the client IP a request is charged to.
 
-Sans-I/O: callers pass a monotonic ``now`` in seconds (server.md §6, decisions.md D8).
+Sans-I/O: callers pass a monotonic ``now`` in seconds (D8 in docs/decisions.md).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TypeAlias
 
 __all__ = [
     "MAX_RPM",
-    "RETRY_AFTER_SECS",
     "RateLimiter",
     "TokenBucket",
     "client_ip",
     "interval_ms",
+    "retry_after_secs",
 ]
 
 MAX_RPM = 60_000
-RETRY_AFTER_SECS = 60  # constant in the reference, whatever the refill rate
 
 # now - last is a float difference of two large monotonic readings; without slack, waiting
 # exactly one interval could leave 0.9999999999 tokens and reject.
@@ -34,6 +34,18 @@ def _clamp_rpm(rpm: int) -> int:
 def interval_ms(rpm: int) -> int:
     """Milliseconds per token at ``rpm`` (after the 60000 cap), at least 1."""
     return max(60_000 // min(rpm, MAX_RPM), 1)
+
+
+def retry_after_secs(tokens: float, per_sec: float) -> int:
+    """Whole seconds until a bucket holding ``tokens`` and refilling ``per_sec`` tokens a second
+    admits a request again: rounded up, at least 1 (D22 in docs/decisions.md, the 429's
+    ``Retry-After``). Waiting that long always suffices, and one second less never does."""
+    # The same slack as the admission test, so that float noise in 1/per_sec (1/0.1 is
+    # 10.000000000000002) does not add a second the bucket does not need.
+    missing = 1.0 - _EPSILON - tokens
+    if missing <= 0.0:
+        return 1
+    return max(math.ceil(missing / per_sec), 1)
 
 
 class TokenBucket:
@@ -52,14 +64,22 @@ class TokenBucket:
         """Tokens as of the last ``allow`` call."""
         return self._tokens
 
-    def allow(self, now: float) -> bool:
+    def _refill(self, now: float) -> None:
         elapsed = max(now - self._last, 0.0)  # never refill negatively if the clock steps back
         self._last = max(now, self._last)
         self._tokens = min(self._capacity, self._tokens + elapsed * self._per_sec)
+
+    def allow(self, now: float) -> bool:
+        self._refill(now)
         if self._tokens >= 1.0 - _EPSILON:
             self._tokens = max(self._tokens - 1.0, 0.0)
             return True
         return False
+
+    def retry_after(self, now: float) -> int:
+        """Whole seconds from ``now`` until ``allow`` would succeed (at least 1)."""
+        self._refill(now)
+        return retry_after_secs(self._tokens, self._per_sec)
 
 
 class RateLimiter:
@@ -113,6 +133,11 @@ class RateLimiter:
             self._buckets.move_to_end(key)
         self._buckets[key] = (bucket, now)
         return bucket.allow(now)
+
+    def retry_after(self, key: str, now: float) -> int:
+        """The ``Retry-After`` seconds for ``key`` after ``allow`` refused it (D22)."""
+        entry = self._buckets.get(key)
+        return 1 if entry is None else entry[0].retry_after(now)
 
     def evict_idle(self, now: float) -> int:
         """Drop buckets not seen for more than ``idle_secs``; returns how many were dropped."""

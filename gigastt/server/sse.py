@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -33,15 +33,20 @@ def event(payload: str) -> bytes:
     return b"data: " + payload.encode() + b"\n\n"
 
 
-async def _recognise(
+async def recognise(
     executor: InferenceExecutor[Recognizer],
     vocab: Vocabulary,
     samples: npt.NDArray[np.float32],
     shutdown: asyncio.Event,
     out: asyncio.Queue[bytes | None],
 ) -> None:
-    """Feed 1 s chunks, run passes as they fall due, queue the events; ``None`` ends the stream."""
-    recognizer = StreamingRecognizer(vocab)
+    """Feed 1 s chunks, run passes as they fall due, queue the events; ``None`` ends the stream.
+
+    Cancelled when the client is gone: the pass awaited then is dropped from the executor's queue
+    if no lane has started it, and no later pass is submitted.
+    """
+    # SSE events carry no commits: a partial only when the text changed (docs/api.md).
+    recognizer = StreamingRecognizer(vocab, commit_policy="on_finalize")
     key = object()
 
     async def run(job: Pass) -> bool:
@@ -57,39 +62,55 @@ async def _recognise(
                                                          time.time())))
         return True
 
-    try:
+    async def passes() -> None:
         for start in range(0, samples.shape[0], CHUNK_SAMPLES):
             if shutdown.is_set():
-                return  # server.md §3.2: stop silently before the next chunk
+                return  # the drain: stop silently before the next chunk (docs/runbook.md)
             recognizer.feed(samples[start : start + CHUNK_SAMPLES])
-            job = recognizer.next_pass()
-            if job is not None and not await run(job):
+            while (job := recognizer.next_pass()) is not None:
+                if not await run(job):
+                    return
+        recognizer.finish()
+        while (job := recognizer.next_pass()) is not None:
+            if not await run(job):
                 return
-        await run(recognizer.finish())
-    finally:
-        await out.put(None)
 
-
-async def stream(
-    executor: InferenceExecutor[Recognizer],
-    vocab: Vocabulary,
-    samples: npt.NDArray[np.float32],
-    slot: Slot,
-    shutdown: asyncio.Event,
-) -> AsyncIterator[bytes]:
-    """The response body: events as they come, a keep-alive comment after 15 s of quiet."""
-    queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_EVENTS)
-    worker = asyncio.ensure_future(_recognise(executor, vocab, samples, shutdown, queue))
     try:
-        while True:
-            try:
-                item = await asyncio.wait_for(queue.get(), KEEPALIVE_SECS)
-            except TimeoutError:
-                yield KEEPALIVE
-                continue
-            if item is None:
-                return
-            yield item
-    finally:
-        worker.cancel()
-        slot.release()
+        await passes()
+    except Exception:
+        log.exception("sse: recognition failed")
+        await out.put(event(protocol.sse_error()))
+    # Not in a `finally`: once cancelled, nobody reads the queue, and a put could wait for ever.
+    await out.put(None)
+
+
+class EventStream:
+    """A response body of events as they come, with a keep-alive comment after 15 s of quiet.
+
+    ``produce`` (``recognise`` here, the OpenAI route's deltas) starts at once and puts events on
+    a bounded queue, ``None`` last; ``aclose()`` (the driver always calls it) stops it and gives
+    the slot back, whether the stream ended, the client went away or the head was never sent.
+    """
+
+    def __init__(self, produce: Callable[[asyncio.Queue[bytes | None]], Awaitable[None]],
+                 slot: Slot) -> None:
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_EVENTS)
+        self._slot = slot
+        self._worker = asyncio.ensure_future(produce(self._queue))
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            async with asyncio.timeout(KEEPALIVE_SECS):
+                item = await self._queue.get()
+        except TimeoutError:
+            return KEEPALIVE
+        if item is None:
+            raise StopAsyncIteration
+        return item
+
+    async def aclose(self) -> None:
+        self._worker.cancel()
+        self._slot.release()

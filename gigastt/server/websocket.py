@@ -11,16 +11,17 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from websockets.datastructures import Headers as WsHeaders
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request as WsRequest
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
 
 from gigastt import errors, protocol
-from gigastt.engine.audio import pcm16_to_float
+from gigastt.engine.audio import MODEL_RATE, pcm16_to_float
 from gigastt.engine.executor import InferenceExecutor, recognize
 from gigastt.engine.recognizer import Recognizer
 from gigastt.engine.streaming import Pass, Segment, StreamingRecognizer
@@ -29,6 +30,9 @@ from gigastt.errors import ErrorCode
 from gigastt.server.admission import AdmissionPool, PoolClosed, PoolTimeout, Slot
 from gigastt.server.http import Headers, Request, Response, SwitchProtocols, plain_response
 from gigastt.server.metrics import ServerMetrics
+
+if TYPE_CHECKING:  # routes imports this module
+    from gigastt.server.routes import ServerState
 
 log = logging.getLogger(__name__)
 # websockets logs every connection close at INFO; only its warnings matter to operators.
@@ -62,8 +66,24 @@ class SessionSettings:
     ping_interval: int
 
 
-def upgrade(request: Request, settings: SessionSettings) -> SwitchProtocols | Response:
-    """Validate the upgrade in the reference's order (server.md §2.8) and prepare the session."""
+def offered_subprotocols(request: Request) -> list[str]:
+    """The ``Sec-WebSocket-Protocol`` offers, in order (websockets validates their syntax)."""
+    return [item.strip() for name, value in request.headers if name == b"sec-websocket-protocol"
+            for item in value.decode("latin-1").split(",") if item.strip()]
+
+
+def upgrade(request: Request, settings: SessionSettings,
+            subprotocol: str | None = None) -> SwitchProtocols | Response:
+    """Validate the upgrade in the order of docs/architecture.md §9 and prepare the session.
+
+    ``subprotocol`` is one of the client's offers to answer with (the ``bearer.<key>`` offer of
+    D23), else the answer names none.
+    """
+    # RFC 6455 §4.1 needs HTTP/1.1; a body would sit unread before the first frame (docs/api.md).
+    if request.http_version != b"1.1":
+        return plain_response(400, b"WebSocket upgrade requires HTTP/1.1")
+    if request.has_body:
+        return plain_response(400, b"WebSocket upgrade request must not have a body")
     h = {k: v for k, v in reversed(request.headers)}
     connection = h.get(b"connection", b"").decode("latin-1").lower()
     if "upgrade" not in [t.strip() for t in connection.split(",")]:
@@ -79,13 +99,14 @@ def upgrade(request: Request, settings: SessionSettings) -> SwitchProtocols | Re
     for name, value in request.headers:
         headers[name.decode("latin-1")] = value.decode("latin-1")
     # Created OPEN so that its parser reads frames from the first byte after our 101
-    # (stack.md §3, pattern 3); Origin is decided by our own policy, not by websockets.
+    # (vendor_notes/websockets.md); Origin is decided by our own policy, not by websockets.
     ws = ServerProtocol(state=State.OPEN, origins=None, extensions=None,
+                        subprotocols=[Subprotocol(subprotocol)] if subprotocol else None,
                         max_size=settings.frame_max, logger=_protocol_log)
     response = ws.accept(WsRequest(request.path, headers))
     if response.status_code != 101:
         return plain_response(response.status_code, bytes(response.body or b""), close=False)
-    keep = {"upgrade", "connection", "sec-websocket-accept"}
+    keep = {"upgrade", "connection", "sec-websocket-accept", "sec-websocket-protocol"}
     reply: Headers = [(k.lower().encode(), v.encode()) for k, v in response.headers.raw_items()
                       if k.lower() in keep]
     return SwitchProtocols(reply, Session(ws, settings, request.request_id, request.peer))
@@ -122,6 +143,23 @@ class Session:
         self.last_activity = 0.0
         self.ping_window = (0.0, 0)
         self.fragments: tuple[Opcode, list[bytes]] | None = None
+        # Seconds of audio received, recognised by the last finished pass, and to be recognised
+        # by the pass in flight: the session's lag (a metric, without per-session labels: D43).
+        self.received_secs = 0.0
+        self.recognised_secs = 0.0
+        self.pass_until = 0.0
+        # Set once the session is ending: its remaining passes all lead to its last final.
+        self.ending = False
+        # What the client's configure messages set (docs/api.md "GET /v1/ws"); they compose.
+        self.v12 = False
+        # The text of the last 1.0 partial: 1.0 never repeats one (a 1.2 partial may differ from
+        # the last only in what is committed).
+        self.last_partial: str | None = None
+        self.endpoint_mode = "auto"
+        self.min_silence_ms: int | None = None
+        self.commit_policy = "auto"
+        # Kept for when phrase boosting exists (D29); nothing reads it yet.
+        self.hotwords: tuple[str, ...] | None = None
 
     # --- I/O edges ------------------------------------------------------------------------
 
@@ -223,13 +261,15 @@ class Session:
         log.info("ws %s: connected from %s", self.rid, self.peer)
         slot: Slot | None = None
         try:
-            # Nothing is read while waiting for a slot (server.md §4.1): early frames wait in
-            # the socket and are processed after Ready.
+            # Frames sent while waiting for a slot are processed after Ready (docs/api.md).
             slot = await self._checkout()
             if slot is None:
                 return
-            await self._send_text(protocol.ready())
-            self.reading = asyncio.ensure_future(self._read_frames(reader, first_bytes))
+            if metrics:
+                metrics.live_sessions.add(self)
+            await self._send_text(protocol.ready(max_session_secs=self.settings.max_session,
+                                                 idle_timeout_secs=self.settings.idle_timeout))
+            self.reading = asyncio.ensure_future(self._read_frames(reader, self.first))
             await self._loop()
         except _Closed:
             pass
@@ -241,6 +281,7 @@ class Session:
             if self.reading is not None:
                 self.reading.cancel()
             if metrics:
+                metrics.live_sessions.discard(self)
                 metrics.ws_closed()
             log.info("ws %s: session ended", self.rid)
 
@@ -252,16 +293,28 @@ class Session:
         started = time.monotonic()
         acquire = asyncio.ensure_future(s.pool.acquire(s.checkout_timeout))
         stop = asyncio.ensure_future(s.shutdown.wait())
+        watch = asyncio.ensure_future(self._watch_peer())
         try:
-            await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
+            pending: set[asyncio.Future[Any]] = {acquire, stop, watch}
+            while acquire in pending and stop in pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if watch in done and watch.result():
+                    break
+        except BaseException:  # cancelled: a slot must not be left to a task nobody awaits
+            self._abandon(acquire)
+            raise
         finally:
             stop.cancel()
-        if s.shutdown.is_set():  # shutdown wins ties (server.md §4.1)
-            if acquire.done() and not acquire.cancelled() and acquire.exception() is None:
-                acquire.result().release()
-            else:
-                acquire.cancel()
+            watch.cancel()
+            await asyncio.wait({watch})  # the reader is free for _read_frames afterwards
+        if s.shutdown.is_set():  # shutdown wins ties (docs/architecture.md §9)
+            self._abandon(acquire)
             await self._close(1001, "server shutdown")
+            return None
+        if not watch.cancelled() and watch.result():
+            # Gone while queued: leave the FIFO now, not at the checkout timeout.
+            self._abandon(acquire)
+            log.info("ws %s: client left while waiting for a slot", self.rid)
             return None
         try:
             slot = acquire.result()
@@ -279,6 +332,32 @@ class Session:
         if s.metrics:
             s.metrics.observe_checkout(time.monotonic() - started)
         return slot
+
+    async def _watch_peer(self) -> bool:
+        """While queued for a slot: True as soon as the client is gone (EOF or reset).
+
+        What the client sends meanwhile is kept for after Ready (``self.first``), up to
+        READ_SIZE bytes; past that the socket is left unread (back-pressure) and False comes
+        back: the wait goes on without watching.
+        """
+        assert self.reader is not None
+        try:
+            while len(self.first) < READ_SIZE:
+                data = await self.reader.read(READ_SIZE - len(self.first))
+                if not data:
+                    return True
+                self.first += data
+        except ConnectionError:
+            return True
+        return False
+
+    @staticmethod
+    def _abandon(acquire: asyncio.Future[Slot]) -> None:
+        """Stop waiting for a slot; one handed over at this very moment goes back."""
+        if acquire.done() and not acquire.cancelled() and acquire.exception() is None:
+            acquire.result().release()
+        else:
+            acquire.cancel()
 
     async def _loop(self) -> None:
         s = self.settings
@@ -374,18 +453,36 @@ class Session:
         if self.audio_received:
             await self._send_text(errors.ws_error_message(ErrorCode.CONFIGURE_TOO_LATE))
             return False
-        if message.protocol_version is not None and message.protocol_version != "1.0":
-            await self._send_text(errors.unsupported_protocol_version(message.protocol_version))
+        version = message.protocol_version
+        if version is not None and version not in protocol.PROTOCOL_VERSIONS:
+            await self._send_text(errors.unsupported_protocol_version(version))
             await self._close(1002, "unsupported protocol version")
             return True
-        if message.sample_rate is not None:
-            if message.sample_rate in SUPPORTED_RATES:
-                self.rate = message.sample_rate
-                self.recognizer = None
-                log.info("ws %s: configured %d Hz", self.rid, self.rate)
-            else:
-                await self._send_text(errors.invalid_sample_rate(message.sample_rate))
+        # All or nothing: one bad value gets one error and changes nothing (docs/api.md).
+        code = message.invalid_field(vad_loaded=False)
+        if code == ErrorCode.INVALID_SAMPLE_RATE:
+            assert message.sample_rate is not None
+            await self._send_text(errors.invalid_sample_rate(message.sample_rate))
+            return False
+        if code is not None:
+            await self._send_text(errors.ws_error_message(ErrorCode(code)))
+            return False
+        self._apply(message)
         return False
+
+    def _apply(self, message: protocol.Configure) -> None:
+        if message.protocol_version is not None:
+            self.v12 = message.protocol_version == "1.2"
+        if message.sample_rate is not None:
+            self.rate = message.sample_rate
+            self.recognizer = None
+            log.info("ws %s: configured %d Hz", self.rid, self.rate)
+        self.endpoint_mode = message.endpoint_mode or self.endpoint_mode
+        self.commit_policy = message.commit_policy or self.commit_policy
+        if message.min_silence_ms is not None:
+            self.min_silence_ms = message.min_silence_ms
+        if message.hotwords is not None:
+            self.hotwords = tuple(str(phrase) for phrase in message.hotwords)
 
     async def _on_audio(self, data: bytes) -> bool:
         if not data:
@@ -401,6 +498,10 @@ class Session:
             data, self.carry = data[:-1], data[-1:]
         else:
             self.carry = b""
+        seconds = len(data) / 2 / self.rate
+        self.received_secs += seconds
+        if self.settings.metrics:
+            self.settings.metrics.live_audio_received(seconds)
         self._recognizer().feed(pcm16_to_float(data))
         self._maybe_start_pass()
         return False
@@ -409,14 +510,28 @@ class Session:
 
     def _recognizer(self) -> StreamingRecognizer:
         if self.recognizer is None:
-            self.recognizer = StreamingRecognizer(self.settings.vocab, input_rate=self.rate)
+            self.recognizer = StreamingRecognizer(
+                self.settings.vocab, input_rate=self.rate, endpoint_mode=self.endpoint_mode,
+                min_silence_ms=self.min_silence_ms, commit_policy=self.commit_policy)
         return self.recognizer
 
+    def lag_seconds(self) -> float:
+        """Audio received but not yet recognised (``/metrics``)."""
+        return self.received_secs - self.recognised_secs
+
+    def _submit(self, job: Pass) -> asyncio.Task[list[Token]]:
+        """Queue a pass on the live lane, finals ahead of every session's partials."""
+        if self.settings.metrics:
+            self.settings.metrics.live_pass_started(job.samples.shape[0] / MODEL_RATE,
+                                                    self.lag_seconds())
+        self.pass_until = self.received_secs
+        return asyncio.ensure_future(
+            recognize(self.settings.executor, self, job.samples, live=True,
+                      urgent=job.final or self.ending))
+
     def _start(self, job: Pass) -> None:
-        samples = job.samples
         self.current = job
-        self.pass_task = asyncio.ensure_future(
-            recognize(self.settings.executor, self, samples, live=True))
+        self.pass_task = self._submit(job)
 
     def _maybe_start_pass(self) -> None:
         if self.pass_task is None and self.recognizer is not None:
@@ -428,6 +543,7 @@ class Session:
         task, job = self.pass_task, self.current
         assert task is not None and job is not None and self.recognizer is not None
         self.pass_task = self.current = None
+        self.recognised_secs = self.pass_until
         try:
             tokens = task.result()
         except Exception:
@@ -439,31 +555,49 @@ class Session:
         self._maybe_start_pass()
 
     async def _send_segment(self, segment: Segment) -> None:
-        await self._send_text(protocol.segment(segment.kind, segment.words, time.time()))
+        if not self.v12:
+            if segment.kind == "partial":
+                text = " ".join(word.word for word in segment.words)
+                if text == self.last_partial:
+                    return
+                self.last_partial = text
+            else:
+                self.last_partial = None
+            await self._send_text(protocol.segment(segment.kind, segment.words, time.time()))
+            return
+        # An empty final cut nothing short, whatever ended the session (docs/api.md).
+        await self._send_text(protocol.segment_v12(
+            segment.kind, segment.words, time.time(), committed=segment.committed,
+            reason=segment.reason, truncated=segment.truncated and bool(segment.words)))
 
     async def _end(self, code: int, reason: str) -> None:
-        """The session's last words: the pending pass, a final pass, the final, then Close."""
+        """The session's last words: the passes due, the final passes, their finals, then Close."""
         # Passes already due run first (each may endpoint); no new audio arrives meanwhile,
-        # so this ends once the recognizer has caught up with the buffer.
+        # so this ends once the recognizer has caught up with the buffer. They are urgent from
+        # now on: the client waits for its last final behind them.
+        self.ending = True
         while self.pass_task is not None:
             await asyncio.wait({self.pass_task})
             await self._pass_done()
-        words: tuple[Any, ...] = ()
-        if self.recognizer is not None:
-            job = self.recognizer.finish()
-            samples = job.samples
-            try:
-                tokens = await recognize(self.settings.executor, self, samples, live=True)
-            except Exception:
-                log.exception("ws %s: inference failed on the final pass", self.rid)
-                tokens = []
-            (segment,) = self.recognizer.on_result(job, tokens)
-            words = segment.words
-        await self._send_segment(Segment("final", words))
+        # The drain and the session cap cut the utterance short (docs/api.md "Protocol 1.2").
+        truncated = code in (1001, 1008)
+        if self.recognizer is None:
+            await self._send_segment(Segment("final", (), reason="stop", truncated=truncated))
+        else:
+            self.recognizer.finish("stop", truncated)
+            # Only final passes remain; the last one always answers with a final.
+            while (job := self.recognizer.next_pass()) is not None:
+                try:
+                    tokens = await self._submit(job)
+                except Exception:
+                    log.exception("ws %s: inference failed on a final pass", self.rid)
+                    tokens = []
+                for segment in self.recognizer.on_result(job, tokens):
+                    await self._send_segment(segment)
         await self._close(code, reason)
 
 
-def session_settings(state: Any) -> SessionSettings:
+def session_settings(state: ServerState) -> SessionSettings:
     """Snapshot the server's current limits for a new session."""
     limits = state.limits
     return SessionSettings(

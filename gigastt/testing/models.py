@@ -1,5 +1,6 @@
 """Generators of GigaAM-v3-compatible RNN-T model directories (small, tone, full-size) for tests.
-Owns the exact graph interface of inference.md §2, built with onnx.helper and seeded numpy weights.
+Owns the exact graph interface (docs/architecture.md §12), built with onnx.helper and seeded
+numpy weights.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ SMALL_VOCAB: tuple[str, ...] = (
     "<blk>",
 )  # fmt: skip
 
-# Tone model (inference-reference.md §9.3): token i of TONE_TOKENS fires on mel band 8 + 5 i.
+# Tone model (docs/architecture.md §16): token i of TONE_TOKENS fires on mel band 8 + 5 i.
 TONE_TOKENS: tuple[str, ...] = ("▁При", "вет", ",", "▁как", "▁де", "ла", "?", "▁мир", ".", "▁-")
 TONE_VOCAB: tuple[str, ...] = ("<unk>", *TONE_TOKENS, "<blk>")
 _TONE_FIRST_BAND = 8
@@ -648,7 +649,7 @@ def _tone_models() -> tuple[Any, Any, Any]:
 
 
 def write_tone_model(path: Path, *, max_tokens_per_step: int = 10) -> Path:
-    """Write the deterministic 'tone' model (inference-reference.md §9.3).
+    """Write the deterministic 'tone' model (docs/architecture.md §16).
 
     Token i of TONE_TOKENS is emitted when the log-mel of band 8 + 5 i first exceeds 2 and
     dominates; it is then muted until two other tokens were emitted. Use

@@ -93,7 +93,7 @@ class DecodedAudio:
 
 
 def check_rate(rate: int, label: str) -> None:
-    """Refuse a rate outside ``MIN_RATE``..``MAX_RATE`` before anything is sized by it."""
+    """Refuse a rate outside ``MIN_RATE``..``MAX_RATE`` before anything is sized by it (D32)."""
     if not MIN_RATE <= rate <= MAX_RATE:
         raise UnsupportedSampleRateError(
             f"{label} sample rate {rate} Hz is outside the supported range "
