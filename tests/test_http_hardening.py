@@ -432,3 +432,4 @@ def test_a_pipelined_burst_does_not_hold_other_connections(small_model: Path) ->
         pipelined.close()
     finally:
         assert proc.stop() == 0
+

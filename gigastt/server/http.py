@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 HEAD_LIMIT = 16 * 1024
 READ_SIZE = 64 * 1024
+# The lingering close (`ConnectionDriver._linger`): how long and how much of an unwanted body is
+# read and dropped so that the answer before it is not reset away.
+LINGER_SECS = 2.0
+LINGER_BYTES = 8 << 20
 MAX_REQUEST_ID = 200
 
 Headers = list[tuple[bytes, bytes]]
@@ -238,6 +242,8 @@ class ConnectionDriver:
     async def _close(self) -> None:
         """Close the socket, cutting it off (abort) if the peer has not taken the last bytes
         within the close deadline: otherwise it could hold the connection open for ever."""
+        if self._conn.their_state is h11.SEND_BODY and not self._eof:
+            await self._linger()
         self.writer.close()
         closed = False
         try:
@@ -249,6 +255,23 @@ class ConnectionDriver:
         finally:
             if not closed:
                 self.writer.transport.abort()
+
+    async def _linger(self) -> None:
+        """Answered before its body was read (401, 403, 413, 503…), the client may still be
+        sending it; closing now would make the kernel answer those bytes with a reset, which can
+        destroy our response before the client reads it. So: send FIN after the response, then
+        read and drop what still comes, for at most ``LINGER_SECS`` and ``LINGER_BYTES``."""
+        if not self.writer.can_write_eof():
+            return
+        with contextlib.suppress(Exception):
+            self.writer.write_eof()
+            dropped = 0
+            async with asyncio.timeout(LINGER_SECS):
+                while dropped < LINGER_BYTES:
+                    data = await self.reader.read(READ_SIZE)
+                    if not data:
+                        return
+                    dropped += len(data)
 
     async def _serve(self) -> None:
         buffered = False  # bytes of the next request are already in h11's buffer
