@@ -97,6 +97,17 @@ class ServerProcess:
             raise
 
 
+def pool_idle(server: ServerProcess, timeout: float = 10.0) -> bool:
+    """Wait until ``/ready`` shows every admission slot free again."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = server.request("GET", "/ready").json()
+        if isinstance(body, dict) and body.get("pool_available") == body.get("pool_total"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def raw_exchange(sock: socket.socket, data: bytes, *, until_close: bool = False,
                  timeout: float = 10.0) -> bytes:
     """Send bytes, then read one response (or everything until the server closes)."""

@@ -22,7 +22,7 @@ import openai
 import pytest
 
 from gigastt.testing.audio import silence, tone_sequence, wav_bytes
-from tests.serverproc import ServerProcess, parse_response, raw_exchange
+from tests.serverproc import ServerProcess, parse_response, pool_idle, raw_exchange
 from tests.wsclient import open_session
 
 PATH = "/v1/audio/transcriptions"
@@ -49,16 +49,6 @@ def stays_healthy(server: ServerProcess) -> Iterator[None]:
     yield
     assert server.request("GET", "/health").status == 200
     assert pool_idle(server)
-
-
-def pool_idle(server: ServerProcess, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = server.request("GET", "/ready").json()
-        if isinstance(body, dict) and body.get("pool_available") == body.get("pool_total"):
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def client(server: ServerProcess) -> openai.OpenAI:

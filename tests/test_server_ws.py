@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 
 from gigastt.engine.audio import resample
 from gigastt.testing.audio import silence, speech_like, tone_sequence, wav_bytes
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, pool_idle
 from tests.wsclient import (
     close_code,
     collect,
@@ -42,16 +42,6 @@ def server(tone_model: Path) -> Iterator[ServerProcess]:
 
 def healthy(server: ServerProcess) -> bool:
     return server.request("GET", "/health").status == 200
-
-
-def pool_idle(server: ServerProcess, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = server.request("GET", "/ready").json()
-        if isinstance(body, dict) and body.get("pool_available") == body.get("pool_total"):
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def types(messages: list[dict[str, Any]]) -> list[str]:
