@@ -547,22 +547,13 @@ async def oversize(ctx: Ctx, i: int) -> None:
                   answered=answered)
 
 
-def absurd_wav(rate: int) -> bytes:
-    """A 64-byte PCM16 mono WAV whose header claims ``rate`` Hz."""
-    data = b"\x01\x00" * 10
-    fmt = struct.pack("<HHIIHH", 1, 1, rate, (rate * 2) & 0xFFFFFFFF, 2, 16)
-    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack(
-        "<I", len(data)) + data
-    wav = b"RIFF" + struct.pack("<I", len(body)) + body
-    assert len(wav) == 64
-    return wav
-
-
 async def absurd(ctx: Ctx, i: int) -> None:
+    from gigastt.testing.audio import tiny_wav
+
     target = "/v1/transcribe" if i % 2 == 0 else "/v1/transcribe/stream"
     rate = 400_000_000 if (i // 2) % 2 == 0 else 0xFFFFFFFB
     started = time.perf_counter()
-    wav = absurd_wav(rate)
+    wav = tiny_wav(rate)
     result = await http_call(ctx, "POST", target,
                              [("content-type", "audio/wav"), ("content-length", str(len(wav)))],
                              _fixed_body(wav))

@@ -35,13 +35,15 @@ from typing import Any
 import common
 import numpy as np
 
+from gigastt.engine import streaming  # after common: it puts the repository on the path
+
 FRAME_S = 0.1
 RATE = 48_000
 GAPS = {"clips": 1.0, "continuous": 0.2, "dictation": 0.2}
-# The server's defaults (gigastt/engine/streaming.py): the blank-run endpoint silence, the
-# utterance cap, and the encoder frame (a word's ``end`` is its last token's frame start).
-MIN_SILENCE_S = 0.6
-CAP_S = 20.0
+# The server's defaults: the blank-run endpoint silence, the utterance cap, and the encoder
+# frame (a word's ``end`` is its last token's frame start).
+MIN_SILENCE_S = streaming.MIN_SILENCE_MS / 1000
+CAP_S = streaming.MAX_UTTERANCE
 ENCODER_FRAME_S = 0.04
 # --find-capacity's targets (issue 16).
 TARGET_PARTIAL_P50_S = 1.0

@@ -286,11 +286,11 @@ def _read_config_bytes(path: Path) -> bytes:
     def failed(reason: str | None) -> ConfigError:
         return ConfigError(f"Failed to read config file: {path}: {reason}")
 
-    return _read_small_file(path, MAX_CONFIG_FILE_BYTES, failed)
+    return read_small_file(path, MAX_CONFIG_FILE_BYTES, failed)
 
 
-def _read_small_file(path: Path, limit: int,
-                     failed: Callable[[str | None], ConfigError]) -> bytes:
+def read_small_file(path: Path, limit: int,
+                    failed: Callable[[str | None], Exception]) -> bytes:
     """A regular file of at most ``limit`` bytes. Anything else (a FIFO, a device) is refused
     before it is read, so that reading can never block or run away."""
     try:
@@ -322,7 +322,7 @@ def read_api_key_file(path: Path) -> str:
     def bad(reason: str | None) -> InvalidSetting:
         return InvalidSetting(f"invalid API key file {path}: {reason}")
 
-    raw = _read_small_file(path, MAX_API_KEY_FILE_BYTES, bad)
+    raw = read_small_file(path, MAX_API_KEY_FILE_BYTES, bad)
     key = raw.removesuffix(b"\n").removesuffix(b"\r")
     if b"\n" in key or b"\r" in key:
         raise bad("the key must be one line")

@@ -27,7 +27,7 @@ from gigastt.engine.audio import (
     decode_audio,
     load_audio,
 )
-from gigastt.testing.audio import speech_like, wav_bytes
+from gigastt.testing.audio import speech_like, tiny_wav, wav_bytes
 from tests.conftest import ROOT
 from tests.serverproc import ServerProcess
 from tests.wsclient import collect, open_session
@@ -42,16 +42,6 @@ requires_soundfile = pytest.mark.skipif(sf is None, reason="soundfile (extra 'fo
 RANGE = "is outside the supported range 8000–384000 Hz"
 REAL_RATES = [8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000, 176400,
               192000, 352800, 384000]
-
-
-def tiny_wav(rate: int) -> bytes:
-    """A 64-byte PCM16 mono WAV (10 samples) whose header declares ``rate``."""
-    fmt = struct.pack("<HHIIHH", 1, 1, rate, (rate * 2) & 0xFFFFFFFF, 2, 16)
-    data = np.arange(10, dtype="<i2").tobytes()
-    body = b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt + b"data" + struct.pack("<I", 20) + data
-    wav = b"RIFF" + struct.pack("<I", len(body)) + body
-    assert len(wav) == 64
-    return wav
 
 
 # --- the rate range ---------------------------------------------------------------------------

@@ -185,9 +185,12 @@ def test_one_range_per_limit_for_flag_environment_and_file(tmp_path: Path) -> No
         flag = "--" + key.replace("_", "-")
         path.write_text(f"{key} = {high}\n")
         assert read_limits_file(path) == {key: high}
+        clamped = getattr(Limits(**{key: high}).clamped(), key)  # only the rpm is clamped
         assert getattr(serve_config(_args(flag, str(high)), {}).limits, key) in (high, 60000)
+        assert getattr(serve_config(_args(flag, str(high)), {}).limits, key) == clamped
         env = {LIMIT_ENV[key]: str(high)}
         assert getattr(serve_config(_args(), env).limits, key) in (high, 60000)  # rpm clamp
+        assert getattr(serve_config(_args(), env).limits, key) == clamped
         path.write_text(f"{key} = {high + 1}\n")
         with pytest.raises(InvalidSetting, match=f"{key} must be an integer in 0..{high}"):
             read_limits_file(path)

@@ -4,7 +4,6 @@ became a FIFO or grew huge, out-of-range values, SIGHUP/SIGTERM during start-up,
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
 import http.server
@@ -19,13 +18,13 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from gigastt.config import MAX_CONFIG_FILE_BYTES
 from gigastt.engine.model import VOCAB_FILE
 from tests.conftest import ROOT
+from tests.mirror import ModelServer
 from tests.serverproc import LISTENING, ServerProcess
 
 HUGE = "9" * 400
@@ -154,41 +153,9 @@ def test_start_up_refuses_a_fifo_config(tmp_path: Path) -> None:
 # --- signals while the model is still being fetched ---------------------------------------------
 
 
-class HeldMirror:
-    """Serves one model file, but only once the test releases it: start-up waits meanwhile."""
-
-    def __init__(self, data: bytes) -> None:
-        self.requested = threading.Event()
-        self.release = threading.Event()
-        owner = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                owner.requested.set()
-                owner.release.wait(60)
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                with contextlib.suppress(OSError):  # the server was stopped while it waited
-                    self.wfile.write(data)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/models"
-
-    def close(self) -> None:
-        self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 class Starting:
-    """``gigastt serve`` whose model lacks its vocabulary, fetched from a HeldMirror."""
+    """``gigastt serve`` whose model lacks its vocabulary, fetched from a mirror that holds
+    its answer until the test releases it: start-up waits meanwhile."""
 
     def __init__(self, tone_model: Path, tmp_path: Path, *args: str) -> None:
         model = tmp_path / "model"
@@ -197,7 +164,9 @@ class Starting:
         (model / VOCAB_FILE).unlink()
         sums = tmp_path / "SHA256SUMS"
         sums.write_text(f"{hashlib.sha256(vocab).hexdigest()}  {VOCAB_FILE}\n")
-        self.mirror = HeldMirror(vocab)
+        self.release = threading.Event()
+        self.mirror = ModelServer({VOCAB_FILE: vocab})
+        self.mirror.faults.hold = self.release
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("GIGASTT_") and "proxy" not in k.lower()}
         env.update(GIGASTT_MODEL_URL=self.mirror.url, GIGASTT_MODEL_SHA256_FILE=str(sums))
@@ -207,7 +176,10 @@ class Starting:
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
         threading.Thread(target=self._pump, daemon=True).start()
-        assert self.mirror.requested.wait(60), "start-up never asked for the model file"
+        deadline = time.monotonic() + 60
+        while not self.mirror.requests() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert self.mirror.requests(), "start-up never asked for the model file"
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None
@@ -222,6 +194,7 @@ class Starting:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        self.release.set()
         self.mirror.close()
 
 
@@ -240,7 +213,7 @@ def test_sighup_during_start_up_is_applied_once_the_server_runs(starting: Starti
     os.kill(starting.proc.pid, signal.SIGHUP)  # the model is still being fetched
     with pytest.raises(subprocess.TimeoutExpired):  # it used to die of the signal here
         starting.proc.wait(0.5)
-    starting.mirror.release.set()
+    starting.release.set()
     match = LISTENING.search(starting.lines[wait_for(starting.lines, "listening on", 60)])
     assert match is not None
     port = int(match.group(2))

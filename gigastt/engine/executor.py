@@ -14,14 +14,14 @@ import os
 import sys
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from gigastt.engine.recognizer import Recognizer, split_windows, transcript_of
+from gigastt.engine.recognizer import Recognizer, Window, split_windows, transcript_of
 from gigastt.engine.tokenizer import Token, Vocabulary
 from gigastt.engine.transcript import Transcript, Word
 
@@ -253,15 +253,26 @@ async def recognize(executor: InferenceExecutor[Recognizer], session: Hashable,
     return tokens
 
 
+async def recognize_windows(
+    executor: InferenceExecutor[Recognizer],
+    vocab: Vocabulary,
+    samples: npt.NDArray[np.float32],
+) -> AsyncIterator[tuple[Window, list[Token], list[Word]]]:
+    """A whole file window by window, each window a separate (bulk) turn: its tokens and its
+    words (times from the file's start) as each is done."""
+    session = object()
+    for window in split_windows(samples):
+        tokens = await recognize(executor, session, samples[window.start : window.stop])
+        yield window, tokens, vocab.words(tokens, frame_offset=window.frame_offset)
+
+
 async def transcribe(
     executor: InferenceExecutor[Recognizer],
     vocab: Vocabulary,
     samples: npt.NDArray[np.float32],
 ) -> Transcript:
-    """Recognise a whole file window by window, each window a separate (bulk) turn."""
-    session = object()
+    """Recognise a whole file (``recognize_windows``) into one transcript."""
     words: list[Word] = []
-    for window in split_windows(samples):
-        tokens = await recognize(executor, session, samples[window.start : window.stop])
-        words += vocab.words(tokens, frame_offset=window.frame_offset)
+    async for _, _, window_words in recognize_windows(executor, vocab, samples):
+        words += window_words
     return transcript_of(words, samples.shape[0])

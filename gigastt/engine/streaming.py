@@ -269,8 +269,9 @@ class StreamingRecognizer:
             words = tuple(self._vocab.words(tokens, frame_offset=offset))
             if not words and not done.last:
                 return []  # endpoints without words send nothing
-            return [Segment("final", words, len(words), done.reason, done.truncated,
-                            (done.start, end))]
+            # An empty final cut nothing short, whatever ended the session (docs/api.md).
+            return [Segment("final", words, len(words), done.reason,
+                            done.truncated and bool(words), (done.start, end))]
         if self._finished:
             return []
         end_frame = offset + _encoder_frames(done.samples.shape[0])

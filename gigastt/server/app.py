@@ -87,7 +87,6 @@ def run_server(config: ServeConfig) -> int:
         recognizer = executor.start()
     except ModelError as exc:
         return _fail(str(exc))
-    capacity: int | None = None
     if config.pool_auto:
         # D27: before the server listens, so /ready never answers for an unmeasured pool; on
         # the live lane, at its priority, as live passes will run.
@@ -96,13 +95,12 @@ def run_server(config: ServeConfig) -> int:
         except Exception as exc:  # an operator who asked for a measured pool gets none unasked
             log.exception("capacity calibration failed")
             return _fail(f"--pool-size auto: the capacity calibration failed ({exc})")
-        capacity = measured.sessions
         log.info("live capacity: %d real-time sessions (encoder %.4f s per second of audio,"
-                 " re-encode factor %.2f); --pool-size auto uses it", capacity,
+                 " re-encode factor %.2f); --pool-size auto uses it", measured.sessions,
                  measured.encode_cost, measured.reencode_factor)
-        config = dataclasses.replace(config, pool_size=capacity)
+        config = dataclasses.replace(config, pool_size=measured.sessions)
     try:
-        return asyncio.run(_serve(config, executor, recognizer, auth, capacity))
+        return asyncio.run(_serve(config, executor, recognizer, auth))
     except OSError as exc:
         return _fail(exc.strerror or str(exc))
     finally:
@@ -112,7 +110,7 @@ def run_server(config: ServeConfig) -> int:
 
 
 async def _serve(config: ServeConfig, executor: InferenceExecutor[Recognizer],
-                 recognizer: Recognizer, auth: ApiKeyPolicy, capacity: int | None) -> int:
+                 recognizer: Recognizer, auth: ApiKeyPolicy) -> int:
     limits = config.limits
     state = routes.ServerState(
         config=config,
@@ -125,7 +123,8 @@ async def _serve(config: ServeConfig, executor: InferenceExecutor[Recognizer],
         metrics=ServerMetrics(pool_size=config.pool_size) if config.metrics else None,
         limiter=_limiter(limits.rate_limit_per_minute, limits.rate_limit_burst),
         auth=auth,
-        capacity=capacity,
+        # D27: with auto, the pool size is the measured capacity.
+        capacity=config.pool_size if config.pool_auto else None,
     )
     lifecycle = DrainController()
     loop = asyncio.get_running_loop()

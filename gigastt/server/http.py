@@ -550,7 +550,9 @@ class ConnectionDriver:
             return
         headers = self._base_headers(request, reply.headers)
         headers.append((b"content-length", str(len(reply.body)).encode()))
-        if reply.close or self._closing:
+        # An answer that leaves the request body unread ends the connection (the driver cannot
+        # know where the next request starts): say so, whichever handler answered (D9, D35).
+        if reply.close or self._closing or self._conn.their_state is h11.SEND_BODY:
             headers.append((b"connection", b"close"))
         data = self._conn.send(h11.Response(status_code=reply.status, headers=headers,
                                             reason=_reason(reply.status)))

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from bisect import bisect_left, bisect_right
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -19,9 +19,9 @@ import numpy.typing as npt
 
 from gigastt import export, protocol, subtitles
 from gigastt.engine.audio import AudioError, UnsupportedSampleRateError, load_audio
-from gigastt.engine.executor import recognize
+from gigastt.engine.executor import recognize_windows
 from gigastt.engine.features import SAMPLE_RATE
-from gigastt.engine.recognizer import Window, split_windows, transcript_of
+from gigastt.engine.recognizer import transcript_of
 from gigastt.engine.tokenizer import FRAME_SECONDS, Token, join_words
 from gigastt.engine.transcript import Transcript, Word
 from gigastt.errors import REST_ERRORS, ErrorCode
@@ -58,18 +58,19 @@ _JSON_TYPE: Final = (b"content-type", b"application/json")
 _DONE: Final = b"data: [DONE]\n\n"
 _EXPORTS: Final[dict[str, export.Format]] = {"text": "text", "srt": "srt", "vtt": "vtt"}
 _INVALID: Final = "invalid_request_error"
+_FAILED: Final = "Transcription failed."
 
 
 # --- errors ---------------------------------------------------------------------------------
 
 
 def openai_error(status: int, message: str, type: str, param: str | None = None,
-                 code: str | None = None, headers: Sequence[tuple[bytes, bytes]] = (),
-                 *, close: bool = False) -> Response:
+                 code: str | None = None,
+                 headers: Sequence[tuple[bytes, bytes]] = ()) -> Response:
     """An error as OpenAI's SDKs read it: ``{"error":{"message","type","param","code"}}``."""
     body = protocol.dumps({"error": {"message": message, "type": type, "param": param,
                                      "code": code}})
-    return Response(status, [_JSON_TYPE, *headers], body.encode(), close=close)
+    return Response(status, [_JSON_TYPE, *headers], body.encode())
 
 
 def error_type(status: int) -> str:
@@ -79,14 +80,12 @@ def error_type(status: int) -> str:
     return "server_error" if status >= 500 else _INVALID
 
 
-def catalogue_error(code: ErrorCode, *, retry_after: int | None = None,
-                    close: bool = False) -> Response:
+def catalogue_error(code: ErrorCode, *, retry_after: int | None = None) -> Response:
     """A catalogue error (docs/api.md "Errors") in OpenAI's shape: the same status, message
     and code; ``retry_after`` in seconds. The pipeline's refusals on this path use it too."""
     status, message = REST_ERRORS[code]
     headers = [] if retry_after is None else [(b"retry-after", str(retry_after).encode())]
-    return openai_error(status, message, error_type(status), None, code.value, headers,
-                        close=close)
+    return openai_error(status, message, error_type(status), None, code.value, headers)
 
 
 class BadField(Exception):
@@ -167,16 +166,6 @@ def _read_form(data: bytes, boundary: bytes, limit: int) -> tuple[Options, memor
 # --- recognition ----------------------------------------------------------------------------
 
 
-async def _passes(state: ServerState, samples: npt.NDArray[np.float32],
-                  ) -> AsyncIterator[tuple[Window, list[Token], list[Word]]]:
-    """The file window by window, as ``engine.executor.transcribe`` cuts and recognises it, so
-    the text is the text of ``/v1/transcribe``; each window's tokens and words as it is done."""
-    session = object()
-    for window in split_windows(samples):
-        tokens = await recognize(state.executor, session, samples[window.start : window.stop])
-        yield window, tokens, state.vocab.words(tokens, frame_offset=window.frame_offset)
-
-
 def _usage(duration: float) -> JSON:
     return {"type": "duration", "seconds": duration}
 
@@ -205,7 +194,8 @@ async def _transcribe(state: ServerState, samples: npt.NDArray[np.float32],
     frames: list[int] = []
     tokens: list[Token] = []
     words: list[Word] = []
-    async for window, window_tokens, window_words in _passes(state, samples):
+    windows = recognize_windows(state.executor, state.vocab, samples)
+    async for window, window_tokens, window_words in windows:
         frames += [window.frame_offset + t.frame for t in window_tokens]
         tokens += window_tokens
         words += window_words
@@ -238,26 +228,22 @@ def _event(payload: JSON) -> bytes:
 async def _deltas(state: ServerState, samples: npt.NDArray[np.float32],
                   out: asyncio.Queue[bytes | None]) -> None:
     """``stream=true``: a delta per recognised window (final text only, so deltas only ever
-    append), then the done event and ``[DONE]``; ``None`` ends the body."""
+    append), then the done event and ``[DONE]``."""
     text = ""
-    try:
-        async for _, _, words in _passes(state, samples):
-            if words:
-                delta = (" " if text else "") + join_words(words)
-                text += delta
-                await out.put(_event({"type": "transcript.text.delta", "delta": delta}))
-        duration = samples.shape[0] / SAMPLE_RATE
-        await out.put(_event({"type": "transcript.text.done", "text": text,
-                              "usage": _usage(duration)}))
-        await out.put(_DONE)
-    except Exception:
-        log.exception("openai stream: inference failed")
-        # The SDKs raise APIError on an `error` event in the stream.
-        await out.put(_event({"error": {"message": "Transcription failed.",
-                                        "type": "server_error", "param": None,
-                                        "code": "inference_error"}}))
-    # Not in a `finally`: once cancelled, nobody reads the queue, and a put could wait for ever.
-    await out.put(None)
+    async for _, _, words in recognize_windows(state.executor, state.vocab, samples):
+        if words:
+            delta = (" " if text else "") + join_words(words)
+            text += delta
+            await out.put(_event({"type": "transcript.text.delta", "delta": delta}))
+    duration = samples.shape[0] / SAMPLE_RATE
+    await out.put(_event({"type": "transcript.text.done", "text": text,
+                          "usage": _usage(duration)}))
+    await out.put(_DONE)
+
+
+# The SDKs raise APIError on an `error` event in the stream.
+_STREAM_FAILED = _event({"error": {"message": _FAILED, "type": "server_error", "param": None,
+                                   "code": ErrorCode.INFERENCE_ERROR.value}})
 
 
 # --- the handler ----------------------------------------------------------------------------
@@ -275,15 +261,15 @@ async def transcriptions(state: ServerState, request: Request, body: Body) -> Re
     from gigastt.server.routes import checkout, read_audio_body
 
     content_type = request.header(b"content-type") or b""
-    # Both refusals come before the body is read; it stays unread, hence the close.
+    # Both refusals come before the body is read (the driver then closes the connection).
     if not _is_multipart(content_type):
         return openai_error(415, "Content-Type must be multipart/form-data.", _INVALID, None,
-                            "unsupported_media_type", close=request.has_body)
+                            "unsupported_media_type")
     try:
         boundary = boundary_from_content_type(content_type)
     except MultipartError as exc:
         return openai_error(400, f"Malformed multipart body: {exc}.", _INVALID, None,
-                            "invalid_multipart", close=request.has_body)
+                            "invalid_multipart")
     limit = state.limits.body_limit_bytes
     data = await read_audio_body(state, body, catalogue_error)
     if isinstance(data, Response):
@@ -310,7 +296,8 @@ async def transcriptions(state: ServerState, request: Request, body: Body) -> Re
         del audio
         if options.stream:
             streaming = True
-            stream = sse.EventStream(lambda out: _deltas(state, samples, out), slot)
+            stream = sse.EventStream(lambda out: _deltas(state, samples, out), slot,
+                                     _STREAM_FAILED)
             return StreamingResponse(200, list(sse.HEADERS), stream)
         reply = await _transcribe(state, samples, options)
     except UnsupportedSampleRateError:
@@ -320,8 +307,7 @@ async def transcriptions(state: ServerState, request: Request, body: Body) -> Re
         return catalogue_error(ErrorCode.INVALID_AUDIO)
     except Exception:
         log.exception("request %s: inference failed", request.request_id)
-        return openai_error(500, "Transcription failed.", "server_error", None,
-                            "inference_error")
+        return openai_error(500, _FAILED, "server_error", None, ErrorCode.INFERENCE_ERROR.value)
     finally:
         if not streaming:
             slot.release()

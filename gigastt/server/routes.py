@@ -84,17 +84,14 @@ RouteHandler = Callable[[ServerState, Request, Body], Awaitable[Reply]]
 class ErrorShape(Protocol):
     """A catalogue error as a route's body shape: ``error_response``, or the OpenAI route's."""
 
-    def __call__(self, code: ErrorCode, *, retry_after: int | None = None,
-                 close: bool = False) -> Response: ...
+    def __call__(self, code: ErrorCode, *, retry_after: int | None = None) -> Response: ...
 
 
-def json_response(status: int, body: str, headers: Headers | None = None,
-                  *, close: bool = False) -> Response:
-    return Response(status, [JSON_TYPE, *(headers or [])], body.encode(), close=close)
+def json_response(status: int, body: str, headers: Headers | None = None) -> Response:
+    return Response(status, [JSON_TYPE, *(headers or [])], body.encode())
 
 
-def error_response(code: ErrorCode, *, retry_after: int | None = None,
-                   close: bool = False) -> Response:
+def error_response(code: ErrorCode, *, retry_after: int | None = None) -> Response:
     """A catalogue error (docs/api.md "Errors") as a JSON response; ``retry_after`` in seconds."""
     headers: Headers = []
     if retry_after is not None:
@@ -103,26 +100,26 @@ def error_response(code: ErrorCode, *, retry_after: int | None = None,
     if code is ErrorCode.TIMEOUT and retry_after is not None:
         retry_ms = errors.checkout_retry_ms(retry_after)
     status, body = errors.rest_error_response(code, retry_ms)
-    return json_response(status, body, headers, close=close)
+    return json_response(status, body, headers)
 
 
 def rejection(request: Request, code: ErrorCode, *, retry_after: int | None = None) -> Response:
     """A refusal of the pipeline itself (403 origin, 429 rate limit, 401 API key), in the route's
     error shape; ``retry_after`` in seconds."""
-    headers: Headers = []
-    if retry_after is not None:
-        headers.append((b"retry-after", str(retry_after).encode()))
-    if code is ErrorCode.UNAUTHORIZED:
-        headers.append(CHALLENGE)
     shape = ERROR_SHAPES.get(request.path)
     if shape is not None:  # a route with its own error body (the OpenAI one, docs/api.md)
-        shaped = shape(code)
-        shaped.headers.extend(headers)
-        return shaped
-    # D22: a WebSocket client reads the wait from the refused upgrade's body too.
-    retry_ms = retry_after * 1000 if retry_after is not None and request.path == WS_PATH else None
-    status, body = errors.rest_error_response(code, retry_ms)
-    return json_response(status, body, headers)
+        reply = shape(code, retry_after=retry_after)
+    else:
+        # D22: a WebSocket client reads the wait from the refused upgrade's body too.
+        retry_ms = (retry_after * 1000 if retry_after is not None and request.path == WS_PATH
+                    else None)
+        status, body = errors.rest_error_response(code, retry_ms)
+        reply = json_response(status, body)
+        if retry_after is not None:
+            reply.headers.append((b"retry-after", str(retry_after).encode()))
+    if code is ErrorCode.UNAUTHORIZED:
+        reply.headers.append(CHALLENGE)
+    return reply
 
 
 async def checkout(state: ServerState, shape: ErrorShape = error_response) -> Slot | Response:
@@ -149,12 +146,12 @@ async def read_audio_body(state: ServerState, body: Body,
     try:
         data = await body.read(state.limits.body_limit_bytes)
     except BodyTooLarge:
-        # Decision D9: always a JSON body, and the connection closes (the body was not read).
-        return shape(ErrorCode.PAYLOAD_TOO_LARGE, close=True)
+        # Decision D9: always a JSON body; the body stays unread, so the connection closes.
+        return shape(ErrorCode.PAYLOAD_TOO_LARGE)
     except ServerBusy:
         # The in-flight body budget is full: refused before the body was read, so the
         # connection closes (docs/runbook.md, "in-flight bodies").
-        return shape(ErrorCode.SERVER_BUSY, retry_after=BUSY_RETRY_AFTER_SECS, close=True)
+        return shape(ErrorCode.SERVER_BUSY, retry_after=BUSY_RETRY_AFTER_SECS)
     if not data:
         return shape(ErrorCode.EMPTY_BODY)
     return data
@@ -189,11 +186,11 @@ async def models(state: ServerState, request: Request, body: Body) -> Reply:
 async def transcribe(state: ServerState, request: Request, body: Body) -> Reply:
     if request.method == "OPTIONS":
         return Response(204)
-    # Checked before the body is read, so a typo costs no upload and no inference; the body
-    # stays unread, hence the close (docs/api.md, /v1/transcribe).
+    # Checked before the body is read, so a typo costs no upload and no inference (the driver
+    # then closes the connection: docs/api.md, /v1/transcribe).
     fmt = export.format_from_query(request.target.partition("?")[2])
     if fmt is None:
-        return error_response(ErrorCode.UNSUPPORTED_FORMAT, close=request.has_body)
+        return error_response(ErrorCode.UNSUPPORTED_FORMAT)
     data = await read_audio_body(state, body)
     if isinstance(data, Response):
         return data
@@ -243,7 +240,8 @@ async def transcribe_stream(state: ServerState, request: Request, body: Body) ->
     if isinstance(slot, Response):
         return slot
     chunks = sse.EventStream(
-        lambda out: sse.recognise(state.executor, state.vocab, samples, state.shutdown, out), slot)
+        lambda out: sse.recognise(state.executor, state.vocab, samples, state.shutdown, out),
+        slot, sse.event(protocol.sse_error()))
     return StreamingResponse(200, list(sse.HEADERS), chunks)
 
 

@@ -40,7 +40,8 @@ async def recognise(
     shutdown: asyncio.Event,
     out: asyncio.Queue[bytes | None],
 ) -> None:
-    """Feed 1 s chunks, run passes as they fall due, queue the events; ``None`` ends the stream.
+    """Feed 1 s chunks, run passes as they fall due, queue the events (``EventStream`` ends
+    the stream, with the error event if this raises).
 
     Cancelled when the client is gone: the pass awaited then is dropped from the executor's queue
     if no lane has started it, and no later pass is submitted.
@@ -49,39 +50,22 @@ async def recognise(
     recognizer = StreamingRecognizer(vocab, commit_policy="on_finalize")
     key = object()
 
-    async def run(job: Pass) -> bool:
-        try:
-            tokens = await recognize(executor, key, job.samples)
-        except Exception:
-            log.exception("sse: inference failed")
-            await out.put(event(protocol.sse_error()))
-            return False
+    async def run(job: Pass) -> None:
+        tokens = await recognize(executor, key, job.samples)
         for segment in recognizer.on_result(job, tokens):
             if segment.words:
                 await out.put(event(protocol.sse_segment(segment.kind, segment.words,
                                                          time.time())))
-        return True
 
-    async def passes() -> None:
-        for start in range(0, samples.shape[0], CHUNK_SAMPLES):
-            if shutdown.is_set():
-                return  # the drain: stop silently before the next chunk (docs/runbook.md)
-            recognizer.feed(samples[start : start + CHUNK_SAMPLES])
-            while (job := recognizer.next_pass()) is not None:
-                if not await run(job):
-                    return
-        recognizer.finish()
+    for start in range(0, samples.shape[0], CHUNK_SAMPLES):
+        if shutdown.is_set():
+            return  # the drain: stop silently before the next chunk (docs/runbook.md)
+        recognizer.feed(samples[start : start + CHUNK_SAMPLES])
         while (job := recognizer.next_pass()) is not None:
-            if not await run(job):
-                return
-
-    try:
-        await passes()
-    except Exception:
-        log.exception("sse: recognition failed")
-        await out.put(event(protocol.sse_error()))
-    # Not in a `finally`: once cancelled, nobody reads the queue, and a put could wait for ever.
-    await out.put(None)
+            await run(job)
+    recognizer.finish()
+    while (job := recognizer.next_pass()) is not None:
+        await run(job)
 
 
 class EventStream:
@@ -93,10 +77,22 @@ class EventStream:
     """
 
     def __init__(self, produce: Callable[[asyncio.Queue[bytes | None]], Awaitable[None]],
-                 slot: Slot) -> None:
+                 slot: Slot, failed: bytes) -> None:
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_EVENTS)
         self._slot = slot
-        self._worker = asyncio.ensure_future(produce(self._queue))
+        self._worker = asyncio.ensure_future(self._run(produce, failed))
+
+    async def _run(self, produce: Callable[[asyncio.Queue[bytes | None]], Awaitable[None]],
+                   failed: bytes) -> None:
+        """``produce``, then ``None`` to end the body; ``failed`` (the route's error event)
+        first if it raised."""
+        try:
+            await produce(self._queue)
+        except Exception:
+            log.exception("event stream: recognition failed")
+            await self._queue.put(failed)
+        # Not in a `finally`: once cancelled, nobody reads the queue, and a put could wait for ever.
+        await self._queue.put(None)
 
     def __aiter__(self) -> EventStream:
         return self

@@ -152,14 +152,9 @@ class Session:
         self.ending = False
         # What the client's configure messages set (docs/api.md "GET /v1/ws"); they compose.
         self.v12 = False
-        # The text of the last 1.0 partial: 1.0 never repeats one (a 1.2 partial may differ from
-        # the last only in what is committed).
-        self.last_partial: str | None = None
         self.endpoint_mode = "auto"
         self.min_silence_ms: int | None = None
         self.commit_policy = "auto"
-        # Kept for when phrase boosting exists (D29); nothing reads it yet.
-        self.hotwords: tuple[str, ...] | None = None
 
     # --- I/O edges ------------------------------------------------------------------------
 
@@ -481,8 +476,6 @@ class Session:
         self.commit_policy = message.commit_policy or self.commit_policy
         if message.min_silence_ms is not None:
             self.min_silence_ms = message.min_silence_ms
-        if message.hotwords is not None:
-            self.hotwords = tuple(str(phrase) for phrase in message.hotwords)
 
     async def _on_audio(self, data: bytes) -> bool:
         if not data:
@@ -510,9 +503,12 @@ class Session:
 
     def _recognizer(self) -> StreamingRecognizer:
         if self.recognizer is None:
+            # 1.0 has no commits: with none reported, a partial comes only when its text changed
+            # (the version is fixed by now: configure after the first audio is too late).
             self.recognizer = StreamingRecognizer(
                 self.settings.vocab, input_rate=self.rate, endpoint_mode=self.endpoint_mode,
-                min_silence_ms=self.min_silence_ms, commit_policy=self.commit_policy)
+                min_silence_ms=self.min_silence_ms,
+                commit_policy=self.commit_policy if self.v12 else "on_finalize")
         return self.recognizer
 
     def lag_seconds(self) -> float:
@@ -556,19 +552,11 @@ class Session:
 
     async def _send_segment(self, segment: Segment) -> None:
         if not self.v12:
-            if segment.kind == "partial":
-                text = " ".join(word.word for word in segment.words)
-                if text == self.last_partial:
-                    return
-                self.last_partial = text
-            else:
-                self.last_partial = None
             await self._send_text(protocol.segment(segment.kind, segment.words, time.time()))
             return
-        # An empty final cut nothing short, whatever ended the session (docs/api.md).
         await self._send_text(protocol.segment_v12(
             segment.kind, segment.words, time.time(), committed=segment.committed,
-            reason=segment.reason, truncated=segment.truncated and bool(segment.words)))
+            reason=segment.reason, truncated=segment.truncated))
 
     async def _end(self, code: int, reason: str) -> None:
         """The session's last words: the passes due, the final passes, their finals, then Close."""
@@ -582,7 +570,7 @@ class Session:
         # The drain and the session cap cut the utterance short (docs/api.md "Protocol 1.2").
         truncated = code in (1001, 1008)
         if self.recognizer is None:
-            await self._send_segment(Segment("final", (), reason="stop", truncated=truncated))
+            await self._send_segment(Segment("final", (), reason="stop"))
         else:
             self.recognizer.finish("stop", truncated)
             # Only final passes remain; the last one always answers with a final.

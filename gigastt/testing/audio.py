@@ -236,3 +236,12 @@ def wav_bytes(
     chunks.append(b"data" + struct.pack("<I", len(data)) + data + pad)
     body = b"WAVE" + b"".join(chunks)
     return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def tiny_wav(rate: int) -> bytes:
+    """A 64-byte PCM16 mono WAV (10 samples) whose header declares any ``rate`` (up to 2^32 - 1):
+    the smallest input that claims an absurd sample rate (D32)."""
+    fmt = struct.pack("<HHIIHH", 1, 1, rate, (rate * 2) & 0xFFFFFFFF, 2, 16)
+    data = np.arange(10, dtype="<i2").tobytes()
+    body = b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt + b"data" + struct.pack("<I", 20) + data
+    return b"RIFF" + struct.pack("<I", len(body)) + body

@@ -165,10 +165,6 @@ class _UnusableRange(Exception):
     """A 206 answer that is not the range asked for: the partial cannot be continued from it."""
 
 
-class _Broken(Exception):
-    """An answer that breaks HTTP (a header number that is not one): retrying cannot help."""
-
-
 class _Outcome(Enum):
     COMPLETE = 1  # the body ended where the server said the file does
     MORE = 2  # a 206 that stopped short of the file's end, as it may: ask for the rest
@@ -200,11 +196,14 @@ def _quoted(value: str) -> str:
     return ascii(value[:60])
 
 
-def _content_length(headers: Message) -> int | None:
+def _content_length(headers: Message, name: str) -> int | None:
+    """The declared length; an unparsable or conflicting one breaks HTTP, and retrying cannot
+    help."""
     values = headers.get_all("Content-Length") or []
     lengths = {parse_content_length(value) for value in values}
     if None in lengths or len(lengths) > 1:
-        raise _Broken(f"invalid Content-Length {_quoted(', '.join(values))}")
+        raise DownloadError(
+            f"Download failed for {name}: invalid Content-Length {_quoted(', '.join(values))}")
     return lengths.pop() if lengths else None
 
 
@@ -238,10 +237,7 @@ def _attempt(opener: urllib.request.OpenerDirector, url: str, name: str, partial
             raise _Transient(reason) from exc
         raise DownloadError(f"Download failed for {name}: {reason}") from exc
     with response:
-        try:
-            body = _content_length(response.headers)
-        except _Broken as exc:
-            raise DownloadError(f"Download failed for {name}: {exc}") from exc
+        body = _content_length(response.headers, name)
         until: int | None
         total: int | None
         if response.status == 206:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gigastt.config import ConfigError, parse_uint
+from gigastt.config import ConfigError, parse_uint, read_small_file
 from gigastt.store import StoreError
 
 DEFAULT_BASE_URL = "https://huggingface.co/istupakov/gigaam-v3-onnx/resolve/main"
@@ -104,6 +104,8 @@ class ModelSource:
         return cls(base_url=model_url or DEFAULT_BASE_URL, pins=pins)
 
 
+# A list for the model files is a few hundred bytes.
+MAX_SHA256_FILE_BYTES = 64 * 1024
 _SUMS_LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](.+)")
 
 
@@ -112,11 +114,15 @@ def read_sha256_file(path: Path) -> dict[str, str]:
 
     Raises DownloadError (unreadable file, not UTF-8, a line that is not a checksum line).
     """
+    def failed(reason: str | None) -> DownloadError:
+        return DownloadError(f"cannot read {SHA256_FILE_ENV} {path}: {reason}")
+
+    # The same guard as for the config file: a FIFO or a huge file must not hang start-up.
+    raw = read_small_file(path, MAX_SHA256_FILE_BYTES, failed)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
-        raise DownloadError(f"cannot read {SHA256_FILE_ENV} {path}: {reason}") from exc
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise failed(str(exc)) from exc
     pins: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
