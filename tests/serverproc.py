@@ -97,6 +97,17 @@ class ServerProcess:
             raise
 
 
+def scrape_metrics(server: ServerProcess) -> dict[str, float]:
+    """``/metrics`` as {sample name with labels: value}."""
+    text = server.request("GET", "/metrics").body.decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        match = re.fullmatch(r"(gigastt_[a-z_]+(?:\{[^}]*\})?) (\S+)", line)
+        if match:
+            values[match.group(1)] = float(match.group(2))
+    return values
+
+
 def pool_idle(server: ServerProcess, timeout: float = 10.0) -> bool:
     """Wait until ``/ready`` shows every admission slot free again."""
     deadline = time.monotonic() + timeout

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from gigastt.engine.capacity import LIVE_UTILISATION, live_capacity, simulated_p
 from gigastt.engine.model import GigaamModel
 from gigastt.engine.streaming import MAX_UTTERANCE, PARTIAL_STRIDE, PARTIAL_WINDOW
 from gigastt.testing.audio import silence, tone_sequence
-from tests.serverproc import ROOT, ServerProcess
+from tests.serverproc import ROOT, ServerProcess, scrape_metrics
 from tests.wsclient import collect, open_session, pcm16
 
 HELLO = ["▁При", "вет", ",", "▁мир", "."]
@@ -102,16 +101,6 @@ def test_the_simulated_dictation_exercises_the_streaming_design(small_model: Pat
 # --- lag and re-encode metrics -----------------------------------------------------------------
 
 
-def _scrape(server: ServerProcess) -> dict[str, float]:
-    text = server.request("GET", "/metrics").body.decode()
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        match = re.fullmatch(r"(gigastt_[a-z_]+(?:\{[^}]*\})?) (\S+)", line)
-        if match:
-            values[match.group(1)] = float(match.group(2))
-    return values
-
-
 def test_lag_and_reencode_metrics_after_a_real_stream(tone_model: Path) -> None:
     server = ServerProcess(tone_model, "--metrics", "--pool-size", "1")
     try:
@@ -126,7 +115,7 @@ def test_lag_and_reencode_metrics_after_a_real_stream(tone_model: Path) -> None:
             step = 1600 * 2
             for start in range(0, len(data), step):
                 await ws.send(data[start : start + step])
-            during = await asyncio.to_thread(_scrape, server)
+            during = await asyncio.to_thread(scrape_metrics, server)
             await ws.send(json.dumps({"type": "stop"}))
             messages = await collect(ws)
             await ws.wait_closed()
@@ -139,7 +128,7 @@ def test_lag_and_reencode_metrics_after_a_real_stream(tone_model: Path) -> None:
         assert during["gigastt_ws_lag_max_seconds"] >= 0
         deadline = time.monotonic() + 5
         while True:
-            after = _scrape(server)
+            after = scrape_metrics(server)
             if after["gigastt_pool_utilisation"] == 0 or time.monotonic() > deadline:
                 break
             time.sleep(0.05)

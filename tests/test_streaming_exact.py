@@ -294,3 +294,41 @@ def test_an_endpoint_is_looked_for_as_soon_as_the_pause_is_long_enough(tone: Rec
             final += [x for x in segments if x.kind == "final"]
     assert asked_at is not None and text(final[0].words) == "Привет, мир."
     assert asked_at <= final[0].words[-1].end + 0.6 + 0.1
+
+
+def test_the_cap_cuts_as_soon_as_the_utterance_reaches_it(tone: Recognizer) -> None:
+    # The cap's final pass is asked for within a 20 ms chunk of the utterance reaching 20 s, not
+    # at the next stride (up to 0.8 s later); the final stays exact.
+    # (the lead silence puts the utterance's start off the stride grid)
+    audio = tone_sequence((HELLO + HOW) * 8, tone_s=0.2, gap_s=0.2, lead_s=2.0)
+    s = StreamingRecognizer(tone.model.vocab, endpoint_mode="manual")
+    asked_at = None
+    segments: list[Segment] = []
+    for i in range(0, len(audio), 320):
+        s.feed(audio[i : i + 320])
+        while (job := s.next_pass()) is not None:
+            if job.final and asked_at is None:
+                asked_at = i + 320
+            segments += s.on_result(job, tone.tokens(job.samples))
+    cap = finals(segments)[0]
+    assert cap.reason == "cap" and cap.span is not None
+    assert asked_at is not None and 0 <= asked_at - (cap.span[0] + 20 * RATE) <= 320
+    assert_finals_are_exact(tone, audio, segments)
+
+
+def test_without_blank_endpoints_finish_needs_no_partial_pass(tone: Recognizer) -> None:
+    # A session whose endpoints come from no partial pass (manual, assistant without a VAD) ends
+    # with its final passes at once; under auto the passes still due run first.
+    audio = np.concatenate([tone_sequence(HELLO), silence(0.5), tone_sequence(HOW)])
+    for mode, expected in (("manual", False), ("assistant", False), ("auto", True)):
+        s = StreamingRecognizer(tone.model.vocab, endpoint_mode=mode)
+        assert s.endpoints_from_passes is expected
+    s = StreamingRecognizer(tone.model.vocab, endpoint_mode="manual")
+    s.feed(audio)  # a partial pass is due, never run
+    s.finish()
+    jobs = []
+    while (job := s.next_pass()) is not None:
+        jobs.append(job)
+    assert [j.final for j in jobs] == [True]
+    assert text(s.on_result(jobs[0], tone.tokens(jobs[0].samples))[0].words) == \
+        "Привет, мир. как дела?"

@@ -72,6 +72,9 @@ def session_options(threads: int) -> ort.SessionOptions:
     # shape, so planning buys no speed and leaves the arena holding blocks sized for earlier
     # shapes (INT8 encoder, 12 s and 20.5 s windows alternating: +86 MB with it, +42 MB without).
     options.enable_mem_pattern = False
+    # Idle intra-op workers sleep instead of spinning: live passes come a fraction of a second
+    # apart, and spinning between them cost 1.7x the CPU per pass (docs/benchmarks.md §4b).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     return options
 

@@ -194,6 +194,9 @@ class StreamingRecognizer:
 
         One pass at a time: call again after handing back the previous pass's result.
         """
+        if not self._finished and self._size - self._utt >= self._max_samples:
+            # Cut at once: waiting for the next stride would only delay the final (§10 "Cap").
+            self._cap_cut()
         if self._finals:
             job = self._finals.popleft()
         else:
@@ -223,11 +226,16 @@ class StreamingRecognizer:
         probe = (self._last_token + 2 + self._endpoint_frames) * FRAME_SAMPLES
         return self._covered < probe <= self._size
 
+    @property
+    def endpoints_from_passes(self) -> bool:
+        """Whether partial passes find endpoints (``auto``); else ``finish`` needs none first."""
+        return self._endpoint_mode == "auto"
+
     def finish(self, reason: Reason = "stop", truncated: bool = False) -> None:
         """End the stream: the rest of the audio becomes final passes, then ``next_pass`` is None.
 
-        Run the partial passes still due first, so that endpoints in them are found. The last
-        final pass is always answered with a final, possibly empty.
+        When ``endpoints_from_passes``, run the partial passes still due first, so that endpoints
+        in them are found. The last final pass is always answered with a final, possibly empty.
         """
         if self._resampler is not None:
             self._append(self._resampler.flush())

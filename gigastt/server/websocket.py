@@ -564,6 +564,13 @@ class Session:
         # so this ends once the recognizer has caught up with the buffer. They are urgent from
         # now on: the client waits for its last final behind them.
         self.ending = True
+        if self.recognizer is not None and not self.recognizer.endpoints_from_passes \
+                and self.pass_task is not None:
+            # No endpoint can come from a partial now: its result would only be dropped.
+            self.pass_task.cancel()
+            await asyncio.wait({self.pass_task})
+            self.pass_task = self.current = None
+            self.recognised_secs = self.pass_until
         while self.pass_task is not None:
             await asyncio.wait({self.pass_task})
             await self._pass_done()
