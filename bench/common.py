@@ -140,6 +140,18 @@ def golos_dir() -> Path:
     raise FileNotFoundError("Golos clips not found (set GIGASTT_GOLOS_DIR)")
 
 
+def vad_model() -> Path:
+    """The Silero VAD file: $GIGASTT_VAD_MODEL, else shared/fixtures/vad here or one level up."""
+    env = os.environ.get("GIGASTT_VAD_MODEL")
+    candidates = [Path(env)] if env else []
+    candidates += [ROOT / "shared" / "fixtures" / "vad" / "silero_vad.onnx",
+                   ROOT.parent / "shared" / "fixtures" / "vad" / "silero_vad.onnx"]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError("silero_vad.onnx not found (set GIGASTT_VAD_MODEL)")
+
+
 def read_wav16(path: Path) -> F32:
     """A 16 kHz mono PCM16 WAV read with the standard library, as float32 in [-1, 1)."""
     with wave.open(str(path)) as w:

@@ -1,7 +1,8 @@
 """Streaming: N concurrent real-time WebSocket streams of Golos audio against one server.
 
     python bench/streaming.py [--quick] [--model small|medium|full] [--int8] [--streams 1,4,8,16]
-                              [--speech clips|continuous|dictation] [--seconds S] [--upload S]
+                              [--speech clips|continuous|dictation|sparse] [--seconds S]
+                              [--upload S]
                               [--find-capacity [--max-streams N] [--budget S]] [--json OUT]
 
 One ``gigastt serve --metrics --pool-size max(N)`` subprocess serves every level. Each stream is
@@ -11,7 +12,10 @@ paced at real time (stream starts staggered over one frame), then ``stop``. ``--
 ``clips`` joins the clips with 1 s silences; ``continuous`` with 0.2 s silences (shorter than the
 0.6 s endpoint silence); ``dictation`` is ``continuous`` sent under protocol 1.2 with
 ``endpoint_mode: manual``, so that utterances run to the 20 s cap (the worst case for the cost of
-a stream). Every mode asks for protocol 1.2 when the server offers it (for ``endpoint_reason``).
+a stream); ``sparse`` is clips 16 s apart (about 20 % speech), each stream starting with
+``index × 3.7 mod 16`` s of silence so that the streams do not speak in step, against a server
+with the Silero VAD (``--vad on``, the file from ``common.vad_model``). Every mode asks for
+protocol 1.2 when the server offers it (for ``endpoint_reason``).
 With ``--upload S``, every level also POSTs an S-second synthetic file as it starts.
 
 ``--find-capacity`` searches the largest number of streams that meet the live targets (partial
@@ -39,7 +43,8 @@ from gigastt.engine import streaming  # after common: it puts the repository on 
 
 FRAME_S = 0.1
 RATE = 48_000
-GAPS = {"clips": 1.0, "continuous": 0.2, "dictation": 0.2}
+GAPS = {"clips": 1.0, "continuous": 0.2, "dictation": 0.2, "sparse": 16.0}
+SPARSE_PHASE_S = 3.7
 # The server's defaults: the blank-run endpoint silence, the utterance cap, and the encoder
 # frame (a word's ``end`` is its last token's frame start).
 MIN_SILENCE_S = streaming.MIN_SILENCE_MS / 1000
@@ -50,16 +55,18 @@ TARGET_PARTIAL_P50_S = 1.0
 TARGET_FINAL_P95_S = 1.0
 
 
-def stream_audio(index: int, seconds: float, clips: list[common.F32], gap: float = 1.0) -> bytes:
-    """Golos clips from clip ``index`` on, ``gap`` seconds of silence between, as 48 kHz PCM16."""
+def stream_audio(index: int, seconds: float, clips: list[common.F32], gap: float = 1.0,
+                 lead: float = 0.0) -> bytes:
+    """Golos clips from clip ``index`` on, ``gap`` seconds of silence between (``lead`` before
+    the first), as 48 kHz PCM16."""
     from gigastt.engine.audio import resample
 
-    parts: list[common.F32] = []
-    total = 0
+    parts: list[common.F32] = [np.zeros(round(lead * 16000), dtype=np.float32)]
+    total = parts[0].shape[0]
     k = index
     silence = np.zeros(round(gap * 16000), dtype=np.float32)
     while total < seconds * 16000:
-        if parts:
+        if len(parts) > 1:
             parts.append(silence)
             total += silence.shape[0]
         clip = clips[k % len(clips)]
@@ -267,7 +274,9 @@ def endpoint_notes(results: list[StreamResult], speech: str) -> list[str]:
 
 def run_level(server: common.WatchedServer, n: int, seconds: float, clips: list[common.F32],
               upload: bytes | None = None, speech: str = "clips") -> dict[str, Any]:
-    audio = [stream_audio(i, seconds, clips, GAPS[speech]) for i in range(n)]
+    audio = [stream_audio(i, seconds, clips, GAPS[speech],
+                          (i * SPARSE_PHASE_S) % GAPS[speech] if speech == "sparse" else 0.0)
+             for i in range(n)]
     uploaded: dict[str, float] = {}
 
     def post() -> None:
@@ -453,7 +462,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated concurrency levels (default 1,4,8,16)")
     parser.add_argument("--speech", choices=sorted(GAPS), default="clips",
                         help="clips (1 s gaps), continuous (0.2 s gaps), dictation (continuous,"
-                             " endpoint_mode manual); default clips")
+                             " endpoint_mode manual), sparse (20 %% speech, with the VAD);"
+                             " default clips")
     parser.add_argument("--seconds", type=float, default=None,
                         help="audio per stream (default 30, --quick 10)")
     parser.add_argument("--upload", type=int, default=0, metavar="S",
@@ -480,7 +490,9 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     capacity: int | None = None
     pool = args.max_streams if args.find_capacity else max(levels) + (1 if upload else 0)
-    with common.WatchedServer(model, "--metrics", "--pool-size", str(pool)) as server:
+    vad = ["--vad", "on", "--vad-model", str(common.vad_model())] if args.speech == "sparse" \
+        else []
+    with common.WatchedServer(model, "--metrics", "--pool-size", str(pool), *vad) as server:
         time.sleep(1.0)
         idle = common.proc_status(server.pid)
         if args.find_capacity:

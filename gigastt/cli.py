@@ -1,4 +1,5 @@
-"""The ``gigastt`` command line: ``serve``, ``transcribe``, ``download``, ``quantize``.
+"""The ``gigastt`` command line: ``serve``, ``transcribe``, ``download``, ``quantize``, ``bundle``,
+``stream``.
 Exit 0 ok, 1 runtime, 2 usage. Logs (and download progress) go to stderr; stdout carries only
 what a command prints (the transcript).
 """
@@ -7,24 +8,35 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gigastt import __version__
 from gigastt.config import (
     ConfigError,
+    add_hotwords_arguments,
+    add_model_variant_argument,
     add_serve_arguments,
+    add_vad_arguments,
     argparse_model_url,
     default_model_dir,
+    model_settings,
     parse_bool,
     parse_model_url,
+    parse_setting,
     serve_config,
+    vad_settings,
 )
 from gigastt.export import FORMATS, render
 from gigastt.server.lifecycle import hold_hangups, release_hangups
+
+if TYPE_CHECKING:
+    from gigastt.engine.vad import SileroVad
 
 LOG_LEVELS = ("off", "error", "warn", "info", "debug", "trace")
 EXIT_RUNTIME = 1  # usage errors exit 2 through argparse
@@ -65,7 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
                             help="model directory (default ~/.gigastt/models)")
     transcribe.add_argument("--format", choices=FORMATS, default="text",
                             help="output format (default text)")
+    transcribe.add_argument("--max-audio-secs", type=_max_audio_secs, default=None,
+                            metavar="N",
+                            help="refuse longer audio (env GIGASTT_MAX_AUDIO_SECS, default"
+                                 " 14400; 0 = no duration cap)")
     _add_model_url(transcribe)
+    add_vad_arguments(transcribe)
+    add_model_variant_argument(transcribe)
+    add_hotwords_arguments(transcribe)
+    transcribe.add_argument("--no-vad", dest="vad", action="store_const", const="off",
+                            help="do not use the VAD for this file (same as --vad off)")
 
     download = commands.add_parser(
         "download", parents=[common],
@@ -74,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_url(download)
     download.add_argument("--skip-quantize", action="store_true", default=None,
                           help="do not create the INT8 encoder (env GIGASTT_SKIP_QUANTIZE)")
+    download.add_argument("--int8-only", action="store_true",
+                          help="create the INT8 encoder, then delete the FP32 one (small boxes)")
+    add_model_variant_argument(download, "--variant", "--model-variant")
+    download.add_argument("--vad", action="store_true",
+                          help="also fetch the Silero VAD file silero_vad.onnx (verified, MIT"
+                               " licence; docs/runbook.md \"Voice activity detection\")")
 
     quantize = commands.add_parser(
         "quantize", parents=[common],
@@ -81,7 +108,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_dir(quantize)
     quantize.add_argument("--force", action="store_true",
                           help="re-create the INT8 encoder even if it exists")
+    add_model_variant_argument(quantize)
+
+    from gigastt.bundle import add_bundle_arguments
+
+    add_bundle_arguments(commands.add_parser(
+        "bundle", parents=[common],
+        help="build a verified offline install bundle (wheels, model, install.sh)"))
+
+    from gigastt.client import add_stream_arguments
+
+    add_stream_arguments(commands.add_parser(
+        "stream", parents=[common],
+        help="stream a file or standard input to a running server and print the transcript"))
     return parser
+
+
+def _max_audio_secs(value: str) -> int:
+    """``transcribe --max-audio-secs``: range-checked like ``serve``'s (D30)."""
+    try:
+        return parse_setting("max_audio_secs", "value", value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _add_model_dir(parser: argparse.ArgumentParser) -> None:
@@ -136,11 +184,41 @@ def main(argv: Sequence[str] | None = None) -> int:
                     skip = parse_bool("GIGASTT_SKIP_QUANTIZE", os.environ["GIGASTT_SKIP_QUANTIZE"])
             except ConfigError as exc:
                 parser.error(str(exc))
-            return _download(args.model_dir or default_model_dir(), model_url, bool(skip))
+            if args.int8_only and args.skip_quantize:
+                parser.error("--int8-only quantizes the encoder; it cannot go with --skip-quantize")
+            try:
+                variant = model_settings(args, os.environ)[0]
+            except ConfigError as exc:
+                parser.error(str(exc))
+            code = _download(args.model_dir or default_model_dir(), model_url,
+                             bool(skip) and not args.int8_only, int8_only=args.int8_only,
+                             variant=variant)
+            if args.vad:
+                _download_vad(args.model_dir or default_model_dir(), model_url)
+            return code
+        if args.command == "bundle":
+            from gigastt.bundle import BundleError, run_bundle
+
+            try:
+                return run_bundle(args, parser)
+            except BundleError as exc:
+                raise RuntimeFailure(str(exc)) from exc
+        if args.command == "stream":
+            from gigastt.client import run_stream
+
+            return run_stream(args, parser)
         if args.command == "quantize":
-            return _quantize(args.model_dir or default_model_dir(), args.force)
+            try:
+                variant = model_settings(args, os.environ)[0]
+            except ConfigError as exc:
+                parser.error(str(exc))
+            return _quantize(args.model_dir or default_model_dir(), args.force, variant)
         try:
             model_url = _model_url(args)
+            if args.max_audio_secs is None:
+                args.max_audio_secs = _env_max_audio_secs()
+            args.model_variant, args.hotwords_file, args.hotwords_boost = model_settings(
+                args, os.environ)
         except ConfigError as exc:
             parser.error(str(exc))
         return _transcribe(args, model_url)
@@ -159,55 +237,130 @@ def _model_url(args: argparse.Namespace) -> str | None:
     return parse_model_url("GIGASTT_MODEL_URL", env) if env.strip() else None
 
 
-def _download(model_dir: Path, model_url: str | None, skip_quantize: bool) -> int:
+def _env_max_audio_secs() -> int:
+    """``GIGASTT_MAX_AUDIO_SECS``, else the server's default (D30)."""
+    from gigastt.config import Limits
+
+    env = os.environ.get("GIGASTT_MAX_AUDIO_SECS")
+    if env is None:
+        return Limits().max_audio_secs
+    return parse_setting("max_audio_secs", "GIGASTT_MAX_AUDIO_SECS", env)
+
+
+def _download(model_dir: Path, model_url: str | None, skip_quantize: bool, *,
+              int8_only: bool = False, variant: str = "auto") -> int:
+    from gigastt.engine.heads import resolve
     from gigastt.store import StoreError, prepare_model
 
     try:
         prepare_model(model_dir, model_url=model_url, env=os.environ,
-                      quantize=not skip_quantize, on_demand=False)
+                      quantize=not skip_quantize, on_demand=False, int8_only=int8_only,
+                      head=resolve(model_dir, variant))
     except StoreError as exc:
         raise RuntimeFailure(str(exc)) from exc
     log.info("Model ready at %s", model_dir)
     return 0
 
 
-def _quantize(model_dir: Path, force: bool) -> int:
+def _open_vad(args: argparse.Namespace, model_dir: Path) -> SileroVad | None:
+    """``--vad``/``--vad-model``/``--no-vad`` (and their env) as ``serve`` reads them (D28)."""
+    from gigastt.engine.vad import VadError, open_vad
+    from gigastt.store import StoreError
+    from gigastt.store.download import vad_source
+
+    try:
+        mode, path = vad_settings(args, os.environ)
+        vad_path, sha256 = vad_source(model_dir, path, os.environ)
+        return open_vad(mode, vad_path, expected_sha256=sha256)
+    except (ConfigError, StoreError, VadError) as exc:
+        raise RuntimeFailure(str(exc)) from exc
+
+
+def _download_vad(model_dir: Path, model_url: str | None) -> None:
+    """``download --vad`` (D28): the pinned VAD file, by the model files' download path."""
+    from gigastt.store import StoreError
+    from gigastt.store.download import download_vad
+
+    try:
+        download_vad(model_dir, model_url=model_url, env=os.environ)
+    except StoreError as exc:
+        raise RuntimeFailure(str(exc)) from exc
+
+
+def _quantize(model_dir: Path, force: bool, variant: str = "auto") -> int:
+    from gigastt.engine.heads import resolve
     from gigastt.store import StoreError
     from gigastt.store.quantize import quantize_encoder
 
     try:
-        quantize_encoder(model_dir, force=force)
+        quantize_encoder(model_dir, force=force, head=resolve(model_dir, variant))
     except StoreError as exc:
         raise RuntimeFailure(str(exc)) from exc
     return 0
 
 
 def _transcribe(args: argparse.Namespace, model_url: str | None) -> int:
-    from gigastt.engine.audio import AudioError, load_audio
+    from gigastt.engine.audio import MODEL_RATE, AudioError, load_audio
+    from gigastt.engine.heads import resolve
+    from gigastt.engine.hotwords import HotwordsError, compile_phrases, read_file
     from gigastt.engine.model import GigaamModel, ModelError
-    from gigastt.engine.recognizer import Recognizer
+    from gigastt.engine.recognizer import Recognizer, split_windows, transcript_of
+    from gigastt.engine.transcript import Word
+    from gigastt.progress import TerminalProgress
     from gigastt.store import StoreError, prepare_model
 
     model_dir: Path = args.model_dir or default_model_dir()
+    head = resolve(model_dir, args.model_variant)  # D29
+    try:
+        phrases = read_file(args.hotwords_file) if args.hotwords_file is not None else []
+    except HotwordsError as exc:
+        raise RuntimeFailure(str(exc)) from exc
     try:
         data = args.file.read_bytes()
     except OSError as exc:
         raise RuntimeFailure(f"cannot read {args.file}: {exc.strerror}") from exc
     try:
-        samples = load_audio(data)
+        cap = float(args.max_audio_secs) if args.max_audio_secs else math.inf  # 0: no cap
+        samples = load_audio(data, max_seconds=cap)
+        del data
     except AudioError as exc:
         raise RuntimeFailure(f"invalid audio: {exc}") from exc
     try:
         # Fetch what is missing, but leave quantizing to `download`/`serve` (README "Model files").
         prepare_model(model_dir, model_url=model_url, env=os.environ, quantize=False,
-                      on_demand=True)
+                      on_demand=True, head=head)
     except StoreError as exc:
         raise RuntimeFailure(str(exc)) from exc
     try:
-        recognizer = Recognizer(GigaamModel(model_dir))
+        vad = _open_vad(args, model_dir)
+        recognizer = Recognizer(GigaamModel(model_dir, head=head), vad=vad)
     except ModelError as exc:
         raise RuntimeFailure(str(exc)) from exc
-    transcript = recognizer.transcribe(samples)
+    hotwords = compile_phrases(phrases, recognizer.model.vocab, args.hotwords_boost)
+    # Window by window, as Recognizer.transcribe does, so that progress can be shown: a line
+    # on a terminal, nothing on a pipe or file (README "Command line"), a summary in the log.
+    total = samples.shape[0]
+    seconds = total / MODEL_RATE
+    progress = (TerminalProgress(sys.stderr, seconds)
+                if sys.stderr.isatty() and log.isEnabledFor(logging.ERROR) else None)
+    started = time.monotonic()
+    words: list[Word] = []
+    if vad is not None:  # D28: pauses skipped, windows cut inside them
+        from gigastt.engine.windows import vad_plan
+
+        windows = vad_plan(vad, samples).windows
+    else:
+        windows = split_windows(samples)
+    for window in windows:
+        words += recognizer.window_words(samples, window, hotwords)
+        if progress is not None:
+            progress.update(window.stop / total)
+    if progress is not None:
+        progress.finish()
+    transcript = transcript_of(words, total)
+    elapsed = time.monotonic() - started
+    log.info("transcribed %.1f s of audio into %d words in %.1f s (real-time factor %.3f)",
+             seconds, len(transcript.words), elapsed, elapsed / seconds if seconds else 0.0)
     # The same writer as `/v1/transcribe?format=` (docs/api.md); JSON gets the newline a
     # terminal needs, the other formats end in one already.
     body = render(transcript, args.format)

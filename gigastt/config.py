@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import ipaddress
+import math
 import os
 import stat
 import tomllib
@@ -19,7 +20,42 @@ from typing import Any
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9876
+# `gigastt stream` (gigastt/client.py): where it connects, and the audio in each frame it sends.
+STREAM_URL = f"ws://{DEFAULT_HOST}:{DEFAULT_PORT}/v1/ws"
+STREAM_FRAME_MS = 100
 MAX_RPM = 60_000
+
+# D28 (docs/decisions.md): Silero VAD segmentation defaults, onnx-asr's own (its segments are the
+# reference our tests compare against). Probability >= threshold starts speech, < neg_threshold
+# (None: threshold - 0.15) ends it; shorter speech is dropped, closer segments merge, each is
+# padded, and longer speech is cut (None: never; files use their own window planner instead).
+VAD_THRESHOLD = 0.5
+VAD_NEG_THRESHOLD: float | None = None
+VAD_MIN_SPEECH_MS = 250.0
+VAD_MIN_SILENCE_MS = 100.0
+VAD_SPEECH_PAD_MS = 30.0
+VAD_MAX_SPEECH_SECONDS: float | None = 20.0
+# Files with VAD: speech segments closer than this share a window (a short pause keeps its
+# context); longer pauses are skipped (gigastt/engine/windows.py).
+VAD_FILE_MERGE_GAP_SECONDS = 1.0
+# Files keep every speech segment (no minimum length: a lone short word is still a word) with
+# 300 ms of padding: Silero's probability rises a chunk or two after a soft onset and falls
+# before a soft ending, and onnx-asr's 30 ms would cut those sounds off (tests/test_vad_files.py).
+VAD_FILE_SPEECH_PAD_MS = 300.0
+VAD_FILE_MIN_SPEECH_MS = 0.0
+# Live sessions with VAD: an utterance ends after min_silence_ms (600 by default, as without VAD)
+# of VAD silence; its final covers this much past the speech's end, for the same reason as the
+# file padding above (docs/architecture.md §10).
+VAD_LIVE_TAIL_MS = 300.0
+# --vad auto|on|off (env GIGASTT_VAD): auto = on when the VAD file is there.
+VAD_MODES = ("auto", "on", "off")
+# D29 hotwords: the server's list (--hotwords-file) and each request's or session's list are
+# bounded (the decoder consults the phrase trie at every step); the boost is in nats of
+# log-probability per phrase token, chosen by measurement (docs/benchmarks.md "Hotwords").
+HOTWORDS_FILE_MAX = 1024
+HOTWORDS_REQUEST_MAX = 64
+HOTWORD_MAX_CHARS = 64
+HOTWORDS_BOOST = 3.0
 
 
 def default_model_dir() -> Path:
@@ -49,6 +85,14 @@ class Limits:
     shutdown_drain_secs: int = 10
     pool_checkout_timeout_secs: int = 30
     max_inflight_body_mb: int = 0  # 0: derived, see inflight_body_budget()
+    # D30: the longest file (REST, SSE, OpenAI route, jobs) in seconds; 0 = no duration cap (the
+    # body limit and the extras' decoded-size cap still apply).
+    max_audio_secs: int = 14_400
+    # D31 (docs/architecture.md §17): jobs queued + running (at least 1), bytes of audio and
+    # results on disk (0 = only the disk), seconds a finished job is kept (0 = until DELETE).
+    jobs_max: int = 100
+    jobs_max_bytes: int = 10 * (1 << 30)
+    jobs_ttl_secs: int = 86_400
 
     def clamped(self) -> Limits:
         """Apply the documented clamps (drain and checkout at least 1 s, rpm at most 60000)."""
@@ -57,7 +101,13 @@ class Limits:
             shutdown_drain_secs=max(1, self.shutdown_drain_secs),
             pool_checkout_timeout_secs=max(1, self.pool_checkout_timeout_secs),
             rate_limit_per_minute=min(MAX_RPM, self.rate_limit_per_minute),
+            jobs_max=max(1, self.jobs_max),
         )
+
+    @property
+    def audio_seconds_cap(self) -> float:
+        """``max_audio_secs`` as the decoders take it: 0 (no cap) is infinity (D30)."""
+        return float(self.max_audio_secs) if self.max_audio_secs else math.inf
 
     def validate(self) -> None:
         if self.rate_limit_per_minute > 0 and self.rate_limit_burst == 0:
@@ -109,6 +159,10 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "shutdown_drain_secs": (0, _WEEK_SECS),
     "pool_checkout_timeout_secs": (0, _WEEK_SECS),
     "max_inflight_body_mb": (0, 1 << 20),
+    "max_audio_secs": (0, _WEEK_SECS),
+    "jobs_max": (0, 1_000_000),
+    "jobs_max_bytes": (0, 1 << 50),
+    "jobs_ttl_secs": (0, _WEEK_SECS),
 }
 POOL_SIZE_AUTO = "auto"
 # A limits file is a few lines; anything bigger is a mistake (and is never read whole).
@@ -148,6 +202,22 @@ class ServeConfig:
     # D23: the file with the API key (flag --api-key-file, env GIGASTT_API_KEY_FILE); None = no
     # key. Read once at start-up; the key itself is never kept here.
     api_key_file: Path | None = None
+    # The browser page on `GET /` and `/ui/...` (gigastt/server/ui.py); off with --no-ui or
+    # GIGASTT_UI=0.
+    ui: bool = True
+    # D31: the directory of the job queue (flag --jobs-dir, env GIGASTT_JOBS_DIR); None = no
+    # /v1/jobs routes. Fixed at start-up.
+    jobs_dir: Path | None = None
+    # D28: --vad auto|on|off (env GIGASTT_VAD) and --vad-model PATH (env GIGASTT_VAD_MODEL);
+    # None = <model dir>/silero_vad.onnx, checked against its pin.
+    vad: str = "auto"
+    vad_model: Path | None = None
+    # D29: --model-variant auto|e2e_rnnt|rnnt|ctc|e2e_ctc (env GIGASTT_MODEL_VARIANT), the
+    # server's phrase list --hotwords-file (env GIGASTT_HOTWORDS_FILE) and --hotwords-boost
+    # (env GIGASTT_HOTWORDS_BOOST).
+    model_variant: str = "auto"
+    hotwords_file: Path | None = None
+    hotwords_boost: float = HOTWORDS_BOOST
     # Mirror for the model files (flag --model-url, env GIGASTT_MODEL_URL); None = Hugging Face.
     model_url: str | None = field(default=None, repr=False)  # may hold a password
     max_connections: int = 256
@@ -355,13 +425,16 @@ _SERVE_ENV_BOOLS = {
     "metrics": "GIGASTT_METRICS",
     "skip_quantize": "GIGASTT_SKIP_QUANTIZE",
     "trust_proxy": "GIGASTT_TRUST_PROXY",
+    "ui": "GIGASTT_UI",
 }
 _SERVE_ENV_INTS = {**LIMIT_ENV, "max_connections": "GIGASTT_MAX_CONNECTIONS",
                    "ws_ping_secs": "GIGASTT_WS_PING_SECS",
                    "header_timeout_secs": "GIGASTT_HEADER_TIMEOUT_SECS"}
 
 
-_LIMIT_NOTES = {"max_inflight_body_mb": ": 2 x pool size x body limit, at most 1024"}
+_LIMIT_NOTES = {"max_inflight_body_mb": ": 2 x pool size x body limit, at most 1024",
+                "max_audio_secs": "; 0 = no duration cap", "jobs_max": "; at least 1",
+                "jobs_max_bytes": "; 0 = only the disk", "jobs_ttl_secs": "; 0 = until DELETE"}
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -412,11 +485,110 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="onnxruntime intra-op threads (default 0 = one per core)")
     parser.add_argument("--config", type=Path, default=None, dest="config_path",
                         help="TOML file with runtime limits, re-read on SIGHUP")
+    parser.add_argument("--no-ui", dest="ui", action="store_false", default=None,
+                        help="do not serve the browser page on / and /ui/ (env GIGASTT_UI=0)")
     parser.add_argument("--api-key-file", type=Path, default=None, metavar="PATH",
                         help="require the key in this file (one line, at least"
                              f" {MIN_API_KEY_CHARS} characters) as a bearer token on every"
                              " route but /health and /ready; read at start-up only"
                              " (env GIGASTT_API_KEY_FILE)")
+    add_vad_arguments(parser)
+    add_model_variant_argument(parser)
+    add_hotwords_arguments(parser)
+    parser.add_argument("--jobs-dir", type=Path, default=None, metavar="DIR",
+                        help="enable the durable job API /v1/jobs, its queue and results in"
+                             " DIR (env GIGASTT_JOBS_DIR; docs/runbook.md \"Jobs\")")
+
+
+MODEL_VARIANTS = ("auto", "e2e_rnnt", "rnnt", "ctc", "e2e_ctc")
+HOTWORDS_BOOST_MAX = 20.0
+
+
+def add_model_variant_argument(parser: argparse.ArgumentParser,
+                               *flags: str) -> None:
+    """``--model-variant`` (D29), shared by ``serve``, ``transcribe``, ``download`` (also as
+    ``--variant``) and ``quantize``."""
+    parser.add_argument(*(flags or ("--model-variant",)), dest="model_variant",
+                        choices=MODEL_VARIANTS, default=None,
+                        help="which GigaAM v3 head to use: auto = the only one in the model"
+                             " directory, e2e_rnnt when several are (env"
+                             " GIGASTT_MODEL_VARIANT, default auto)")
+
+
+def add_hotwords_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--hotwords-file`` and ``--hotwords-boost`` (D29), shared by ``serve`` and
+    ``transcribe``."""
+    parser.add_argument("--hotwords-file", type=Path, default=None, metavar="PATH",
+                        help="phrases to bias recognition towards: UTF-8, one per line,"
+                             f" optionally TAB and a positive weight; at most"
+                             f" {HOTWORDS_FILE_MAX} (env GIGASTT_HOTWORDS_FILE)")
+    parser.add_argument("--hotwords-boost", type=_boost_type, default=None, metavar="NATS",
+                        help=f"log-probability added to a phrase token (env"
+                             f" GIGASTT_HOTWORDS_BOOST, default {HOTWORDS_BOOST})")
+
+
+def parse_boost(name: str, value: str) -> float:
+    """A hotword boost: a number in (0, HOTWORDS_BOOST_MAX]."""
+    try:
+        boost = float(value.strip())
+    except ValueError:
+        boost = math.nan
+    if not (0 < boost <= HOTWORDS_BOOST_MAX):
+        raise InvalidSetting(f"{name} must be a number above 0 and at most {HOTWORDS_BOOST_MAX}")
+    return boost
+
+
+def _boost_type(value: str) -> float:
+    try:
+        return parse_boost("--hotwords-boost", value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def model_settings(args: argparse.Namespace, env: Mapping[str, str]
+                   ) -> tuple[str, Path | None, float]:
+    """``--model-variant``, ``--hotwords-file``, ``--hotwords-boost`` and their variables (flag
+    first; D29)."""
+    variant = getattr(args, "model_variant", None)
+    if variant is None and env.get("GIGASTT_MODEL_VARIANT", "").strip():
+        variant = env["GIGASTT_MODEL_VARIANT"].strip().lower()
+        if variant not in MODEL_VARIANTS:
+            raise ConfigError(f"GIGASTT_MODEL_VARIANT must be one of {', '.join(MODEL_VARIANTS)}")
+    path = getattr(args, "hotwords_file", None)
+    if path is None and "GIGASTT_HOTWORDS_FILE" in env:
+        if not env["GIGASTT_HOTWORDS_FILE"].strip():
+            raise ConfigError("GIGASTT_HOTWORDS_FILE is empty: name the hotwords file or unset it")
+        path = Path(env["GIGASTT_HOTWORDS_FILE"])
+    boost = getattr(args, "hotwords_boost", None)
+    if boost is None and "GIGASTT_HOTWORDS_BOOST" in env:
+        boost = parse_boost("GIGASTT_HOTWORDS_BOOST", env["GIGASTT_HOTWORDS_BOOST"])
+    return variant or "auto", path, HOTWORDS_BOOST if boost is None else boost
+
+
+def add_vad_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--vad`` and ``--vad-model`` (D28), shared by ``serve`` and ``transcribe``."""
+    parser.add_argument("--vad", choices=VAD_MODES, default=None,
+                        help="Silero voice activity detection: auto = on when the VAD file is"
+                             " there, on = refuse to start without a usable one (env"
+                             " GIGASTT_VAD, default auto)")
+    parser.add_argument("--vad-model", type=Path, default=None, metavar="PATH",
+                        help="the VAD file to use instead of <model dir>/silero_vad.onnx"
+                             " (env GIGASTT_VAD_MODEL)")
+
+
+def vad_settings(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[str, Path | None]:
+    """``--vad`` / ``GIGASTT_VAD`` and ``--vad-model`` / ``GIGASTT_VAD_MODEL`` (flag first)."""
+    mode = getattr(args, "vad", None)
+    if mode is None and "GIGASTT_VAD" in env:
+        mode = env["GIGASTT_VAD"].strip().lower()
+        if mode not in VAD_MODES:
+            raise ConfigError("GIGASTT_VAD must be auto, on or off")
+    path = getattr(args, "vad_model", None)
+    if path is None and "GIGASTT_VAD_MODEL" in env:
+        if not env["GIGASTT_VAD_MODEL"].strip():
+            raise ConfigError("GIGASTT_VAD_MODEL is empty: name the VAD file or unset it")
+        path = Path(env["GIGASTT_VAD_MODEL"])
+    return mode or "auto", path
 
 
 def _flag_type(key: str) -> Callable[[str], int]:
@@ -472,12 +644,19 @@ def serve_config(args: argparse.Namespace, env: Mapping[str, str]) -> ServeConfi
         if not env["GIGASTT_API_KEY_FILE"].strip():
             raise ConfigError("GIGASTT_API_KEY_FILE is empty: name the API key file or unset it")
         values["api_key_file"] = Path(env["GIGASTT_API_KEY_FILE"])
+    if "GIGASTT_JOBS_DIR" in env:
+        if not env["GIGASTT_JOBS_DIR"].strip():
+            raise ConfigError("GIGASTT_JOBS_DIR is empty: name the jobs directory or unset it")
+        values["jobs_dir"] = Path(env["GIGASTT_JOBS_DIR"])
     for name in ("host", "port", "model_dir", "pool_size", "bind_all", "cors_allow_any",
                  "metrics", "skip_quantize", "trust_proxy", "config_path", "threads",
-                 "model_url", "api_key_file"):
+                 "model_url", "api_key_file", "jobs_dir", "ui"):
         flag = getattr(args, name, None)
         if flag is not None:
             values[name] = flag
+    values["vad"], values["vad_model"] = vad_settings(args, env)
+    (values["model_variant"], values["hotwords_file"],
+     values["hotwords_boost"]) = model_settings(args, env)
     if values.get("pool_size") == POOL_SIZE_AUTO:
         del values["pool_size"]
         values["pool_auto"] = True

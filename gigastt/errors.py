@@ -51,6 +51,9 @@ class ErrorCode(StrEnum):
     INVALID_COMMIT_POLICY = "invalid_commit_policy"
     VAD_NOT_LOADED = "vad_not_loaded"
     INVALID_HOTWORDS = "invalid_hotwords"
+    INVALID_VAD = "invalid_vad"
+    TOO_MANY_HOTWORDS = "too_many_hotwords"
+    HOTWORD_PHRASE_TOO_LONG = "hotword_phrase_too_long"
 
 
 class RestError(NamedTuple):
@@ -86,6 +89,13 @@ REST_ERRORS: dict[ErrorCode, RestError] = {
     E.SERVER_BUSY: RestError(503, "Too many request bodies in flight, try again later"),
     E.UNSUPPORTED_FORMAT: RestError(
         400, "Unsupported format: use format=json, text, srt or vtt, at most once"),
+    # D28: the per-request VAD switch of the file routes.
+    E.INVALID_VAD: RestError(400, "Invalid vad: use vad=true or vad=false, at most once"),
+    # D29: a request's phrase list (`hotwords=`, the OpenAI `prompt`); the bounds are the WS's.
+    E.TOO_MANY_HOTWORDS: RestError(
+        400, f"Too many hotwords: at most {protocol.MAX_HOTWORDS} phrases per request"),
+    E.HOTWORD_PHRASE_TOO_LONG: RestError(
+        400, f"A hotword phrase is too long: at most {protocol.MAX_HOTWORD_CHARS} characters"),
 }
 
 # Fixed WS texts; the two that echo a client value are built by the functions below.

@@ -64,9 +64,10 @@ PROTOCOL_VERSIONS: tuple[str, ...] = ("1.0", "1.1", "1.2")
 ENDPOINT_MODES: tuple[str, ...] = ("auto", "assistant", "manual")
 COMMIT_POLICIES: tuple[str, ...] = ("auto", "stable_prefix", "on_finalize")
 MIN_SILENCE_MS_RANGE = (100, 10000)
-# Bounds on a session's phrase list: the decoder's boost work grows with it (docs/api.md).
-MAX_HOTWORDS = 100
-MAX_HOTWORD_CHARS = 100
+# Bounds on a session's phrase list: the decoder's boost work grows with it (docs/api.md); the
+# same as a REST request's (config.HOTWORDS_REQUEST_MAX, HOTWORD_MAX_CHARS; D29).
+MAX_HOTWORDS = 64
+MAX_HOTWORD_CHARS = 64
 SUPPORTED_RATES: tuple[int, ...] = (8000, 16000, 24000, 44100, 48000)
 SUPPORTED_FORMATS: tuple[str, ...] = ("wav", "mp3", "m4a", "ogg", "flac")
 DEFAULT_INPUT_RATE = 48000
@@ -233,15 +234,17 @@ def ready(
     diarization: bool = False,
     max_session_secs: int,
     idle_timeout_secs: int,
+    model: str = MODEL_ID,
 ) -> str:
-    """WS ``ready``; ``supported_rates`` omitted when empty, ``diarization`` only when true.
+    """WS ``ready``; ``supported_rates`` omitted when empty, ``diarization`` only when true;
+    ``model`` names the head served (D29).
 
     The three trailing keys are the same for every client (D25): ``ready`` precedes any
     ``configure``, so it cannot depend on the version the client picks.
     """
     obj: dict[str, JSON] = {
         "type": "ready",
-        "model": MODEL_ID,
+        "model": model,
         "sample_rate": sample_rate,
         "version": PROTOCOL_VERSION,
     }
@@ -380,8 +383,11 @@ def transcribe_body(transcript: Transcript, *, speakers: Sequence[int | None] | 
     )
 
 
-def health(version: str) -> str:
-    return dumps({"status": "ok", "model": MODEL_ID, "version": version})
+def health(version: str, *, vad: bool = False, model: str = MODEL_ID) -> str:
+    """``/health``; a last key ``"vad":true`` only when the VAD is loaded (D28), so a server
+    without it answers as before; ``model`` names the head served (D29)."""
+    extra: dict[str, JSON] = {"vad": True} if vad else {}
+    return dumps({"status": "ok", "model": model, "version": version, **extra})
 
 
 def ready_status(
@@ -415,16 +421,23 @@ def models(
     diarization: bool = False,
     sample_rate: int = MODEL_SAMPLE_RATE,
     capacity: int | None = None,
+    vad: bool = False,
+    model: str = MODEL_ID,
+    name: str = MODEL_NAME,
 ) -> str:
-    """``/v1/models`` body in the key order of docs/api.md "GET /v1/models".
+    """``/v1/models`` body in the key order of docs/api.md "GET /v1/models"; ``model`` and
+    ``name`` are the head served (D29).
 
+    ``"vad":true`` (D28: the Silero VAD is loaded) follows ``diarization`` only when loaded;
     ``capacity`` (D27: the live sessions measured by ``--pool-size auto``) trails, only when set.
     """
-    extra: dict[str, int] = {} if capacity is None else {"capacity": capacity}
+    extra: dict[str, JSON] = {"vad": True} if vad else {}
+    if capacity is not None:
+        extra["capacity"] = capacity
     return dumps(
         {
-            "id": MODEL_ID,
-            "name": MODEL_NAME,
+            "id": model,
+            "name": name,
             "version": version,
             "encoder": encoder,
             "vocab_size": vocab_size,

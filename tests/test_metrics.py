@@ -38,6 +38,12 @@ gigastt_live_encoded_seconds_total 0
 # HELP gigastt_rate_limit_rejections_total Total requests rejected by rate limiter
 # TYPE gigastt_rate_limit_rejections_total counter
 
+# HELP gigastt_vad_audio_seconds_total Seconds of audio passed through the VAD
+# TYPE gigastt_vad_audio_seconds_total counter
+
+# HELP gigastt_vad_speech_seconds_total Seconds of audio the VAD found to be speech
+# TYPE gigastt_vad_speech_seconds_total counter
+
 # HELP gigastt_pool_available Number of session triplets currently available in the pool
 # TYPE gigastt_pool_available gauge
 gigastt_pool_available 4
@@ -229,6 +235,7 @@ def busy_server_metrics() -> ServerMetrics:
     m.rate_limited()
     m.live_audio_received(1.5)
     m.live_pass_started(1.0, 0.6)
+    m.vad_seen("transcribe", 600.0, 180.5)
     return m
 
 
@@ -279,6 +286,8 @@ def test_prometheus_client_parser_accepts_output() -> None:
         "gigastt_ws_lag_max_seconds",
         "gigastt_live_audio_seconds",
         "gigastt_live_encoded_seconds",
+        "gigastt_vad_audio_seconds",
+        "gigastt_vad_speech_seconds",
         "gigastt_escape",
     }
     for family in families.values():
@@ -298,7 +307,7 @@ def test_prometheus_client_parser_accepts_output() -> None:
     inf = next(s for s in hist.samples if s.labels.get("le") == "+Inf")
     assert inf.value == 1
     # The first-scrape document (families without samples) parses too.
-    assert len(list(parser.text_string_to_metric_families(FIRST_SCRAPE))) == 14
+    assert len(list(parser.text_string_to_metric_families(FIRST_SCRAPE))) == 16
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not on PATH")

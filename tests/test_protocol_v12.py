@@ -182,8 +182,8 @@ def test_repeated_new_field_makes_the_message_ignored() -> None:
         ({"hotwords": ["  "]}, "invalid_hotwords"),
         ({"hotwords": ["a\nb"]}, "invalid_hotwords"),
         ({"hotwords": ["a\tb"]}, "invalid_hotwords"),
-        ({"hotwords": ["x" * 101]}, "invalid_hotwords"),
-        ({"hotwords": ["x"] * 101}, "invalid_hotwords"),
+        ({"hotwords": ["x" * 65]}, "invalid_hotwords"),
+        ({"hotwords": ["x"] * 65}, "invalid_hotwords"),
         ({"hotwords": [["nested"]]}, "invalid_hotwords"),
         # The first bad field in the documented order answers; the message is one error.
         ({"hotwords": [1], "endpoint_mode": "x", "min_silence_ms": 5}, "invalid_endpoint_mode"),
@@ -199,7 +199,7 @@ def test_bad_values_name_their_code(fields: dict[str, object], code: str) -> Non
 
 def test_limits_are_inclusive() -> None:
     for fields in ({"min_silence_ms": 100}, {"min_silence_ms": 10000},
-                   {"hotwords": ["x" * 100] * 100}, {"endpoint_mode": "assistant"},
+                   {"hotwords": ["x" * 64] * 64}, {"endpoint_mode": "assistant"},
                    {"commit_policy": "auto"}, {"commit_policy": "stable_prefix"}):
         parsed = parse_control(_configure(**fields))
         assert isinstance(parsed, Configure) and parsed.invalid_field() is None, fields
@@ -231,7 +231,7 @@ def test_error_messages_are_fixed_and_name_the_values() -> None:
         '{"type":"error","message":"No VAD model is loaded on this server",'
         '"code":"vad_not_loaded"}')
     assert ws_error_message(ErrorCode.INVALID_HOTWORDS) == (
-        '{"type":"error","message":"hotwords must be a list of at most 100 phrases of 1 to 100 '
+        '{"type":"error","message":"hotwords must be a list of at most 64 phrases of 1 to 64 '
         'characters without control characters","code":"invalid_hotwords"}')
 
 
@@ -402,7 +402,7 @@ def test_v12_on_finalize_commits_nothing_before_the_final(server: ServerProcess)
         ({"min_silence_ms": 50}, "invalid_min_silence_ms"),
         ({"commit_policy": "never"}, "invalid_commit_policy"),
         ({"vad": True}, "vad_not_loaded"),
-        ({"hotwords": ["x" * 101]}, "invalid_hotwords"),
+        ({"hotwords": ["x" * 65]}, "invalid_hotwords"),
         ({"hotwords": [7]}, "invalid_hotwords"),
         ({"sample_rate": 7000}, "invalid_sample_rate"),
     ],

@@ -325,6 +325,7 @@ def test_without_blank_endpoints_finish_needs_no_partial_pass(tone: Recognizer) 
         assert s.endpoints_from_passes is expected
     s = StreamingRecognizer(tone.model.vocab, endpoint_mode="manual")
     s.feed(audio)  # a partial pass is due, never run
+    assert s.next_pass(partials=False) is None
     s.finish()
     jobs = []
     while (job := s.next_pass()) is not None:

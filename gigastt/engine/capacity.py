@@ -51,8 +51,9 @@ def simulated_passes(vocab: Vocabulary, seconds: float = SIMULATED_SECONDS) -> l
     frames, never a pause), so only the streaming design decides how much it encodes.
     """
     stream = StreamingRecognizer(vocab)
-    word = next(i for i, piece in enumerate(vocab.pieces) if piece.startswith("\u2581") and
-                len(piece) > 1)
+    # A word piece; the plain heads' letter vocabulary has none, any letter does (D29).
+    word = next((i for i, piece in enumerate(vocab.pieces) if piece.startswith("\u2581") and
+                 len(piece) > 1), vocab.blank - 1 if vocab.blank else 1)
     chunk = np.zeros(int(FEED_SECONDS * MODEL_RATE), np.float32)
     lengths: list[int] = []
     for _ in range(round(seconds / FEED_SECONDS)):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from gigastt.engine.hotwords import Hotwords
 from gigastt.engine.model import GigaamModel
 from gigastt.engine.tokenizer import Token
 
@@ -138,6 +139,86 @@ def greedy_decode(
             emitted = 0
         k = int(block[j].argmax())
         tokens.append(Token(id=k, frame=t, logp=float(block[j, k])))
+        token_in[0, 0] = k
+        dec, h, c = model.decode_step(token_in, h, c)
+        dec_col = np.ascontiguousarray(dec.transpose(0, 2, 1))
+        emitted += 1
+        span = _FIRST_SPAN
+        if emitted == max_symbols:
+            t += 1
+            emitted = 0
+    return tokens
+
+
+def greedy_decode_biased(
+    model: GigaamModel, encoded: F32, hotwords: Hotwords, *,
+    max_symbols: int = MAX_SYMBOLS_PER_FRAME,
+) -> list[Token]:
+    """``greedy_decode`` with shallow fusion towards ``hotwords`` (D29).
+
+    At each step the model's best token among those that continue a phrase prefix (or start a
+    phrase) is taken instead of its overall best when its log-probability plus the phrase's
+    boost beats that best: the boost decides *whether* a phrase goes on, the model still picks
+    *which* continuation. At most one such biased choice per encoder frame, and every token,
+    biased or not, counts against the per-frame cap, so decoding cannot loop; ``▁`` is matched
+    but never boosted (docs/architecture.md "Hotword biasing").
+    """
+    blank, hidden = model.vocab.blank, model.pred_hidden
+    frames = np.ascontiguousarray(encoded.T)[:, :, None]
+    total = frames.shape[0]
+    token_in = np.full((1, 1), blank, dtype=np.int64)
+    zeros = np.zeros((1, 1, hidden), dtype=np.float32)
+    dec, h, c = model.decode_step(token_in, zeros, zeros)
+    dec_col = np.ascontiguousarray(dec.transpose(0, 2, 1))
+    tokens: list[Token] = []
+    match = hotwords.start()
+    ids, boosts = hotwords.arrays(match)
+    reach = hotwords.max_boost
+    cont: npt.NDArray[np.bool_] | None = None  # ids as a mask over the vocabulary, when needed
+    t = emitted = 0
+    biased_frame = -1
+    span = _FIRST_SPAN
+    while t < total:
+        n = min(span, total - t)
+        block = model.joint_scores(frames[t : t + n],
+                                   dec_col if n == 1 else np.repeat(dec_col, n, axis=0))
+        top = block.argmax(axis=1)
+        pick, biased = top, None
+        # Cheap bound first: most steps have no continuation within the largest boost of the
+        # best token, and then nothing below changes.
+        if ids.size:
+            sub = block[:, ids]
+            best_value = block.max(axis=1)
+            near = sub.max(axis=1) + reach > best_value
+            if near.any():
+                if cont is None:
+                    cont = hotwords.mask(match, block.shape[1])
+                # Only where the model's best token is not a continuation already (then it is
+                # emitted as usual) can a continuation be a biased choice, once a frame.
+                near &= ~cont[top]
+            if near.any():
+                rows = np.arange(n)
+                best = sub.argmax(axis=1)
+                biased = near & (sub[rows, best] + boosts[best] > best_value) \
+                    & (rows + t != biased_frame)
+                pick = np.where(biased, ids[best], top)
+        hits = np.flatnonzero(pick != blank)
+        if hits.size == 0:
+            t += n
+            emitted = 0
+            span = min(span * 2, _MAX_SPAN)
+            continue
+        j = int(hits[0])
+        if j:
+            t += j
+            emitted = 0
+        k = int(pick[j])
+        if biased is not None and biased[j]:
+            biased_frame = t
+        tokens.append(Token(id=k, frame=t, logp=float(block[j, k])))
+        match = hotwords.step(match, k)
+        ids, boosts = hotwords.arrays(match)
+        cont = None
         token_in[0, 0] = k
         dec, h, c = model.decode_step(token_in, h, c)
         dec_col = np.ascontiguousarray(dec.transpose(0, 2, 1))

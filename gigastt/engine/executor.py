@@ -21,9 +21,11 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from gigastt.engine.hotwords import Hotwords
 from gigastt.engine.recognizer import Recognizer, Window, split_windows, transcript_of
 from gigastt.engine.tokenizer import Token, Vocabulary
 from gigastt.engine.transcript import Transcript, Word
+from gigastt.engine.windows import WindowPlan, vad_plan
 
 log = logging.getLogger(__name__)
 
@@ -233,9 +235,19 @@ class InferenceExecutor(Generic[R]):
                     job.future.set_result(result)
 
 
+@dataclass(frozen=True, slots=True)
+class Biased:
+    """A window to recognise with a phrase list (D29); plain windows are bare arrays."""
+
+    samples: npt.NDArray[np.float32]
+    hotwords: Hotwords
+
+
 def recognize_batch(recognizer: Recognizer, windows: list[Any]) -> list[Any]:
-    """The batch function for recognition: 16 kHz windows in, tokens out."""
-    return list(recognizer.tokens_many(windows))
+    """The batch function for recognition: 16 kHz windows (or ``Biased`` ones) in, tokens out."""
+    samples = [w.samples if isinstance(w, Biased) else w for w in windows]
+    biases = [w.hotwords if isinstance(w, Biased) else None for w in windows]
+    return list(recognizer.tokens_many(samples, biases))
 
 
 def recognition_executor(load: Callable[[], Recognizer]) -> InferenceExecutor[Recognizer]:
@@ -244,25 +256,46 @@ def recognition_executor(load: Callable[[], Recognizer]) -> InferenceExecutor[Re
 
 async def recognize(executor: InferenceExecutor[Recognizer], session: Hashable,
                     samples: npt.NDArray[np.float32], *, live: bool = False,
-                    urgent: bool = False) -> list[Token]:
+                    urgent: bool = False, hotwords: Hotwords | None = None) -> list[Token]:
     """Tokens of one window, computed on a lane (batched with that lane's other sessions).
 
     ``urgent``: a final pass, served before the lane's partial passes (finals first).
+    ``hotwords``: the request's or session's compiled phrase list (D29), None for none.
     """
-    tokens: list[Token] = await executor.run_item(session, samples, live=live, urgent=urgent)
+    item: Any = samples if hotwords is None else Biased(samples, hotwords)
+    tokens: list[Token] = await executor.run_item(session, item, live=live, urgent=urgent)
     return tokens
+
+
+async def plan_file(executor: InferenceExecutor[Recognizer], samples: npt.NDArray[np.float32],
+                    *, vad: bool = True, session: Hashable | None = None) -> WindowPlan | None:
+    """The VAD's windows for a file (D28), computed on the bulk lane: the VAD session lives with
+    the model, and a long file's VAD pass (seconds of CPU) must yield to live work like its
+    windows do (docs/architecture.md "VAD"). None when the VAD is off or not loaded."""
+    if not vad:
+        return None
+
+    def work(recognizer: Recognizer) -> WindowPlan | None:
+        return None if recognizer.vad is None else vad_plan(recognizer.vad, samples)
+
+    return await executor.run(object() if session is None else session, work)
 
 
 async def recognize_windows(
     executor: InferenceExecutor[Recognizer],
     vocab: Vocabulary,
     samples: npt.NDArray[np.float32],
+    *,
+    windows: list[Window] | None = None,
+    hotwords: Hotwords | None = None,
 ) -> AsyncIterator[tuple[Window, list[Token], list[Word]]]:
     """A whole file window by window, each window a separate (bulk) turn: its tokens and its
-    words (times from the file's start) as each is done."""
+    words (times from the file's start) as each is done. ``windows``: a plan (``plan_file``),
+    else windows cut at quiet points over the whole file; ``hotwords``: D29."""
     session = object()
-    for window in split_windows(samples):
-        tokens = await recognize(executor, session, samples[window.start : window.stop])
+    for window in split_windows(samples) if windows is None else windows:
+        tokens = await recognize(executor, session, samples[window.start : window.stop],
+                                 hotwords=hotwords)
         yield window, tokens, vocab.words(tokens, frame_offset=window.frame_offset)
 
 
@@ -270,9 +303,14 @@ async def transcribe(
     executor: InferenceExecutor[Recognizer],
     vocab: Vocabulary,
     samples: npt.NDArray[np.float32],
+    *,
+    plan: WindowPlan | None = None,
+    hotwords: Hotwords | None = None,
 ) -> Transcript:
-    """Recognise a whole file (``recognize_windows``) into one transcript."""
+    """Recognise a whole file (``recognize_windows``, over ``plan``'s windows if given)."""
     words: list[Word] = []
-    async for _, _, window_words in recognize_windows(executor, vocab, samples):
+    async for _, _, window_words in recognize_windows(
+            executor, vocab, samples, windows=None if plan is None else plan.windows,
+            hotwords=hotwords):
         words += window_words
     return transcript_of(words, samples.shape[0])

@@ -1,4 +1,4 @@
-"""The four GigaAM v3 model files, loaded once into onnxruntime sessions, their contract checked.
+"""A GigaAM v3 head's model files, loaded once into onnxruntime sessions, their contract checked.
 
 Tensors are addressed by name; sizes (encoder width, LSTM, vocabulary) are read from the graphs.
 """
@@ -15,6 +15,8 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from gigastt.engine.heads import DEFAULT_HEAD, Head, describe_missing
+from gigastt.engine.heads import missing as head_missing
 from gigastt.engine.tokenizer import Vocabulary, VocabularyError
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,14 @@ _CONTRACT: dict[str, tuple[dict[str, tuple[str, int]], dict[str, tuple[str, int]
         {"enc": ("tensor(float)", 3), "dec": ("tensor(float)", 3)},
         {"joint": ("tensor(float)", 4)},
     ),
+    # The CTC heads' one graph (onnx-asr's GigaamV2Ctc): log-probabilities [B, T', V].
+    "ctc": (
+        {"features": ("tensor(float)", 3), "feature_lengths": ("tensor(int64)", 1)},
+        {"log_probs": ("tensor(float)", 3)},
+    ),
 }
+# Feature frames fed once at load time to read a CTC graph's output width when it is not declared.
+_PROBE_FRAMES = 64
 
 F32 = npt.NDArray[np.float32]
 
@@ -50,8 +59,13 @@ class ModelError(RuntimeError):
 
 
 def missing_files(model_dir: Path) -> list[str]:
-    """Names of the required model files absent from ``model_dir``."""
-    return [name for name in MODEL_FILES if not (model_dir / name).is_file()]
+    """Names of the required model files absent from ``model_dir``.
+
+    The INT8 encoder stands in for the FP32 one: a directory with it and without the 885 MB
+    FP32 encoder is complete (INT8-only, for small boxes: docs/decisions.md D53).
+    """
+    return [name for name in MODEL_FILES if not (model_dir / name).is_file()
+            and not (name == ENCODER_FILE and (model_dir / ENCODER_INT8_FILE).is_file())]
 
 
 def session_options(threads: int) -> ort.SessionOptions:
@@ -75,6 +89,10 @@ def session_options(threads: int) -> ort.SessionOptions:
     # Idle intra-op workers sleep instead of spinning: live passes come a fraction of a second
     # apart, and spinning between them cost 1.7x the CPU per pass (docs/benchmarks.md §4b).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # The arena and weight prepacking stay on (docs/benchmarks.md §7, INT8-only full-size model):
+    # without prepacking RSS is 80-165 MB lower, but the greedy loop's FP32 joint/decoder calls
+    # take 1.3-1.4x as long (the encoder up to 1.07x); without the arena, or with initializers
+    # allocated outside it, nothing was saved. With these defaults 4 live streams peak at 537 MB.
     options.log_severity_level = 3
     return options
 
@@ -104,60 +122,108 @@ def _static_dim(session: ort.InferenceSession, name: str, axis: int) -> int | No
 class ModelInfo:
     encoder: str  # "int8" or "fp32"
     vocab_size: int
-    pred_hidden: int
+    pred_hidden: int  # 0 for the CTC heads (no prediction network)
+    head: Head = DEFAULT_HEAD  # D29: which of the four GigaAM v3 heads
 
 
 class GigaamModel:
-    """Encoder, decoder and joint sessions plus the vocabulary; immutable once loaded, so the
-    executor's two lanes may call it at the same time (onnxruntime's ``run`` is thread-safe)."""
+    """One head's sessions (RNN-T: encoder, decoder, joint; CTC: one graph) plus the vocabulary;
+    immutable once loaded, so the executor's two lanes may call it at the same time
+    (onnxruntime's ``run`` is thread-safe)."""
 
-    def __init__(self, model_dir: Path, *, threads: int = 0) -> None:
-        absent = missing_files(model_dir)
-        if absent:
+    decoder: ort.InferenceSession | None
+    joint: ort.InferenceSession | None
+
+    def __init__(self, model_dir: Path, *, threads: int = 0, head: Head = DEFAULT_HEAD) -> None:
+        self.head = head
+        absent = head_missing(model_dir, head)
+        if absent and head is DEFAULT_HEAD:
             raise ModelError(
                 f"model files missing in {model_dir}: {', '.join(absent)}"
                 " (run `gigastt download` to fetch them)"
             )
-        int8 = model_dir / ENCODER_INT8_FILE
-        encoder_path = int8 if int8.is_file() else model_dir / ENCODER_FILE
+        if absent:
+            raise ModelError(f"{describe_missing(model_dir, head)} (run `gigastt download"
+                             f" --variant {head.name}` to fetch them)")
+        int8 = model_dir / head.int8
+        encoder_path = int8 if int8.is_file() else model_dir / head.encoder
         options = session_options(threads)
         providers = ["CPUExecutionProvider"]
+        self.decoder = self.joint = None
         try:
-            self.vocab = Vocabulary.load(model_dir / VOCAB_FILE)
+            self.vocab = Vocabulary.load(model_dir / head.vocab, separator=head.char_level)
             self.encoder = ort.InferenceSession(str(encoder_path), options, providers=providers)
-            self.decoder = ort.InferenceSession(
-                str(model_dir / DECODER_FILE), options, providers=providers
-            )
-            self.joint = ort.InferenceSession(
-                str(model_dir / JOINT_FILE), options, providers=providers
-            )
+            if head.kind == "rnnt":
+                self.decoder = ort.InferenceSession(
+                    str(model_dir / head.graphs[1]), options, providers=providers
+                )
+                self.joint = ort.InferenceSession(
+                    str(model_dir / head.graphs[2]), options, providers=providers
+                )
         except VocabularyError as exc:
-            raise ModelError(f"{VOCAB_FILE}: {exc}") from exc
+            raise ModelError(f"{head.vocab}: {exc}") from exc
         except Exception as exc:  # onnxruntime raises several unrelated types for bad files
             raise ModelError(f"cannot load model from {model_dir}: {exc}") from exc
-        for kind in ("encoder", "decoder", "joint"):
-            _check(kind, getattr(self, kind))
-        hidden = _static_dim(self.decoder, "h.1", 2)
-        if hidden is None:
-            raise ModelError("decoder input 'h.1' has no static hidden size")
+        if head.kind == "ctc":
+            hidden = 0
+            _check("ctc", self.encoder)
+            self._check_ctc_width(encoder_path.name)
+        else:
+            for kind in ("encoder", "decoder", "joint"):
+                _check(kind, getattr(self, kind))
+            assert self.decoder is not None and self.joint is not None
+            found = _static_dim(self.decoder, "h.1", 2)
+            if found is None:
+                raise ModelError("decoder input 'h.1' has no static hidden size")
+            hidden = found
+            vocab_out = self.joint.get_outputs()[0].shape[-1]
+            if isinstance(vocab_out, int) and vocab_out != len(self.vocab):
+                raise ModelError(
+                    f"joint emits {vocab_out} scores but the vocabulary has {len(self.vocab)}"
+                    " tokens"
+                )
         self.pred_hidden = hidden
-        vocab_out = self.joint.get_outputs()[0].shape[-1]
-        if isinstance(vocab_out, int) and vocab_out != len(self.vocab):
-            raise ModelError(
-                f"joint emits {vocab_out} scores but the vocabulary has {len(self.vocab)} tokens"
-            )
         self.info = ModelInfo(
             encoder="int8" if encoder_path == int8 else "fp32",
             vocab_size=len(self.vocab),
             pred_hidden=hidden,
+            head=head,
         )
         log.info(
-            "model loaded from %s (encoder %s, vocab %d, pid %d)",
+            "model loaded from %s (variant %s, encoder %s, vocab %d, pid %d)",
             model_dir,
+            head.name,
             self.info.encoder,
             len(self.vocab),
             os.getpid(),
         )
+
+    def _check_ctc_width(self, name: str) -> None:
+        """The CTC graph must score exactly one column per vocabulary entry (its blank included):
+        read from the declared shape, else from one short run on silence-level features."""
+        width = self.encoder.get_outputs()[0].shape[-1]
+        if not isinstance(width, int):
+            probe = np.full((1, 64, _PROBE_FRAMES), -20.0, dtype=np.float32)
+            try:
+                (out,) = self.encoder.run(["log_probs"], {
+                    "features": probe,
+                    "feature_lengths": np.array([_PROBE_FRAMES], dtype=np.int64)})
+            except Exception as exc:  # a graph that cannot run is a bad file
+                raise ModelError(f"cannot run {name}: {exc}") from exc
+            width = int(np.asarray(out).shape[-1])
+        if width != len(self.vocab):
+            raise ModelError(
+                f"{name} emits {width} scores per frame but {self.head.vocab} has"
+                f" {len(self.vocab)} tokens"
+            )
+
+    def ctc_log_probs(self, features: F32,
+                      lengths: npt.NDArray[np.int64]) -> tuple[F32, npt.NDArray[np.int64]]:
+        """CTC graph over ``[B, 64, T]`` features → (log-probabilities ``[B, T', V]``, valid
+        frames ``[B]``: ``(T - 1) // 4 + 1``, the subsampling's length, as onnx-asr computes)."""
+        (log_probs,) = self.encoder.run(
+            ["log_probs"], {"features": features, "feature_lengths": lengths})
+        return np.asarray(log_probs, dtype=np.float32), (lengths - 1) // 4 + 1
 
     def encode(self, features: F32, lengths: npt.NDArray[np.int64]) -> tuple[F32, Any]:
         """Encoder over ``[B, 64, T]`` features → (``[B, D, T']``, lengths ``[B]``)."""
@@ -170,10 +236,12 @@ class GigaamModel:
         self, tokens: npt.NDArray[np.int64], h: F32, c: F32
     ) -> tuple[F32, F32, F32]:
         """Prediction network: tokens ``[B, 1]`` and state → (``dec [B, 1, H]``, h, c)."""
+        assert self.decoder is not None, "a CTC head has no prediction network"
         dec, h2, c2 = self.decoder.run(["dec", "h", "c"], {"x": tokens, "h.1": h, "c.1": c})
         return dec, h2, c2
 
     def joint_scores(self, enc: F32, dec: F32) -> F32:
         """Joint over ``enc [B, D, 1]`` and ``dec [B, H, 1]`` → log-probabilities ``[B, V]``."""
+        assert self.joint is not None, "a CTC head has no joint network"
         (scores,) = self.joint.run(["joint"], {"enc": enc, "dec": dec})
         return np.asarray(scores, dtype=np.float32).reshape(enc.shape[0], -1)

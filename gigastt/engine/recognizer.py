@@ -12,11 +12,19 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from gigastt.engine.decoding import MAX_SYMBOLS_PER_FRAME, greedy_decode, greedy_decode_many
+from gigastt.engine.ctc import ctc_biased, ctc_greedy
+from gigastt.engine.decoding import (
+    MAX_SYMBOLS_PER_FRAME,
+    greedy_decode,
+    greedy_decode_biased,
+    greedy_decode_many,
+)
 from gigastt.engine.features import SAMPLE_RATE, log_mel
+from gigastt.engine.hotwords import Hotwords
 from gigastt.engine.model import GigaamModel
 from gigastt.engine.tokenizer import Token, join_words
 from gigastt.engine.transcript import Transcript, Word
+from gigastt.engine.vad import SileroVad
 
 # One encoder frame = 4 feature hops of 160 samples. Windows start on this grid so that word
 # times stay exact multiples of 40 ms from the start of the file.
@@ -63,12 +71,16 @@ def split_windows(samples: F32, window_seconds: float = WINDOW_SECONDS) -> list[
 class Recognizer:
     """Speech to tokens and words on one ``GigaamModel``; stateless, used by the inference lanes."""
 
-    def __init__(self, model: GigaamModel, *, max_symbols: int = MAX_SYMBOLS_PER_FRAME) -> None:
+    def __init__(self, model: GigaamModel, *, max_symbols: int = MAX_SYMBOLS_PER_FRAME,
+                 vad: SileroVad | None = None) -> None:
         self.model = model
         self.max_symbols = max_symbols
+        # D28: the optional Silero VAD, loaded with the model so both live on the lanes.
+        self.vad = vad
 
     def encode(self, samples: F32) -> F32:
-        """Encoder frames ``[D, T']`` of one window of 16 kHz audio (none if under 20 ms).
+        """Encoder frames ``[D, T']`` of one window of 16 kHz audio (none if under 20 ms); for
+        the CTC heads (D29), the frames' log-probabilities ``[T', V]``.
 
         Windows are encoded one at a time: the exported encoder has no attention mask, and even
         equal-length batches differ from B = 1 in the last bits while saving no time on the CPU
@@ -77,34 +89,59 @@ class Recognizer:
         features = log_mel(samples)
         if features.shape[1] == 0:
             return np.zeros((0, 0), dtype=np.float32)
+        if self.model.head.kind == "ctc":
+            log_probs, valid = self.model.ctc_log_probs(
+                features[None], np.array([features.shape[1]], dtype=np.int64))
+            return np.asarray(log_probs[0, : int(valid[0])])
         encoded, lengths = self.model.encode(
             features[None], np.array([features.shape[1]], dtype=np.int64)
         )
         return np.asarray(encoded[0, :, : int(lengths[0])])
 
-    def tokens_many(self, windows: Sequence[F32]) -> list[list[Token]]:
-        """Greedy tokens of several windows (frames relative to each), decoded together."""
+    def tokens_many(self, windows: Sequence[F32],
+                    hotwords: Sequence[Hotwords | None] | None = None) -> list[list[Token]]:
+        """Tokens of several windows (frames relative to each), decoded together; each window
+        may be biased towards its own phrase list (D29), decoded on its own then."""
         encoded = [self.encode(w) for w in windows]
-        if len(encoded) == 1:
-            return [greedy_decode(self.model, encoded[0], max_symbols=self.max_symbols)]
-        return greedy_decode_many(self.model, encoded, max_symbols=self.max_symbols)
+        biases = list(hotwords) if hotwords is not None else [None] * len(encoded)
+        if self.model.head.kind == "ctc":
+            blank = self.model.vocab.blank
+            return [ctc_greedy(e, blank) if b is None else ctc_biased(e, blank, b)
+                    for e, b in zip(encoded, biases, strict=True)]
+        plain = [i for i, b in enumerate(biases) if b is None]
+        results: list[list[Token]] = [[] for _ in encoded]
+        if len(plain) == 1:
+            results[plain[0]] = greedy_decode(self.model, encoded[plain[0]],
+                                              max_symbols=self.max_symbols)
+        elif plain:
+            decoded = greedy_decode_many(self.model, [encoded[i] for i in plain],
+                                         max_symbols=self.max_symbols)
+            for i, tokens in zip(plain, decoded, strict=True):
+                results[i] = tokens
+        for i, bias in enumerate(biases):
+            if bias is not None:
+                results[i] = greedy_decode_biased(self.model, encoded[i], bias,
+                                                  max_symbols=self.max_symbols)
+        return results
 
-    def tokens(self, samples: F32) -> list[Token]:
-        """Greedy tokens of one window of 16 kHz audio (frames relative to its start)."""
-        return self.tokens_many([samples])[0]
+    def tokens(self, samples: F32, hotwords: Hotwords | None = None) -> list[Token]:
+        """Tokens of one window of 16 kHz audio (frames relative to its start)."""
+        return self.tokens_many([samples], [hotwords])[0]
 
-    def window_words(self, samples: F32, window: Window) -> list[Word]:
+    def window_words(self, samples: F32, window: Window,
+                     hotwords: Hotwords | None = None) -> list[Word]:
         """Words of one window, timed from the start of the file."""
-        tokens = self.tokens(samples[window.start : window.stop])
+        tokens = self.tokens(samples[window.start : window.stop], hotwords)
         return self.model.vocab.words(tokens, frame_offset=window.frame_offset)
 
-    def iter_windows(self, samples: F32) -> Iterator[list[Word]]:
+    def iter_windows(self, samples: F32, hotwords: Hotwords | None = None
+                     ) -> Iterator[list[Word]]:
         for window in split_windows(samples):
-            yield self.window_words(samples, window)
+            yield self.window_words(samples, window, hotwords)
 
-    def transcribe(self, samples: F32) -> Transcript:
+    def transcribe(self, samples: F32, hotwords: Hotwords | None = None) -> Transcript:
         """Whole-file transcript of mono float32 16 kHz audio."""
-        words = [w for chunk in self.iter_windows(samples) for w in chunk]
+        words = [w for chunk in self.iter_windows(samples, hotwords) for w in chunk]
         return transcript_of(words, samples.shape[0])
 
 

@@ -13,11 +13,13 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from gigastt.config import VAD_LIVE_TAIL_MS, VAD_MIN_SPEECH_MS, VAD_THRESHOLD
 from gigastt.engine.audio import MODEL_RATE, Resampler
 from gigastt.engine.features import frame_count
 from gigastt.engine.recognizer import FRAME_SAMPLES
 from gigastt.engine.tokenizer import FRAME_SECONDS, WORD_START, Token, Vocabulary
 from gigastt.engine.transcript import Word
+from gigastt.engine.vad import SpeechEnd, SpeechSegmenter, VadParams
 
 F32 = npt.NDArray[np.float32]
 Reason = Literal["blank", "vad", "stop", "cap"]
@@ -47,6 +49,9 @@ _RESTART_FRAMES = 8
 _CAP_SEARCH_SECONDS = 4.0
 # Before the first word of an utterance, only this much trailing audio is kept.
 _SILENCE_KEEP_SECONDS = 1.0
+# With a VAD, an utterance starts this long before the speech it heard (Silero's probability
+# rises a chunk or two after a soft onset); less than the silence kept, so the audio is there.
+_VAD_LEAD_SECONDS = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +107,7 @@ class StreamingRecognizer:
         endpoint_mode: str = "auto",
         min_silence_ms: int | None = None,
         commit_policy: str = "stable_prefix",
+        vad: bool = False,
     ) -> None:
         self._vocab = vocab
         self._resampler = Resampler(input_rate) if input_rate != MODEL_RATE else None
@@ -111,7 +117,9 @@ class StreamingRecognizer:
         self._max_samples = int(max_utterance * MODEL_RATE) // FRAME_SAMPLES * FRAME_SAMPLES
         self._endpoint_mode = "auto"
         self._endpoint_frames = _frames(MIN_SILENCE_MS / 1000)
+        self._min_silence_ms = MIN_SILENCE_MS
         self._commit = True
+        self._vad: SpeechSegmenter | None = None
         self.configure(endpoint_mode=endpoint_mode, min_silence_ms=min_silence_ms,
                        commit_policy=commit_policy)
         # The buffer holds the stream's samples from self._base (a whole number of frames) on:
@@ -131,6 +139,15 @@ class StreamingRecognizer:
         self._finished = False
         self._audio_samples = 0
         self._encoded_samples = 0
+        # With a VAD (D28): the caller runs it over vad_audio() and hands back on_vad(); passes
+        # run only while it hears speech, and its silences end utterances.
+        if vad:
+            self._vad = SpeechSegmenter(self._vad_params())
+        self._vad_pending: list[F32] = []
+        self._speaking = False  # the VAD heard a speech segment start and not yet end
+        self._speech_until = 0  # stream sample up to which the VAD heard speech
+        self._utt_speech = False  # the VAD heard speech in the current utterance
+        self._heard = 0  # stream samples the VAD has judged
 
     def configure(self, *, endpoint_mode: str | None = None, min_silence_ms: int | None = None,
                   commit_policy: str | None = None) -> None:
@@ -150,8 +167,18 @@ class StreamingRecognizer:
             self._endpoint_mode = endpoint_mode
         if min_silence_ms is not None:
             self._endpoint_frames = max(1, _frames(min_silence_ms / 1000))
+            self._min_silence_ms = min_silence_ms
+            if self._vad is not None:
+                self._vad = SpeechSegmenter(self._vad_params())
         if commit_policy is not None:
             self._commit = commit_policy != "on_finalize"
+
+    def _vad_params(self) -> VadParams:
+        # Unpadded segments: the silence that ends an utterance is exactly min_silence_ms of
+        # VAD silence; the final's own tail is added at the cut (_vad_endpoint).
+        return VadParams(threshold=VAD_THRESHOLD, min_speech_duration_ms=VAD_MIN_SPEECH_MS,
+                         max_speech_duration_s=None,
+                         min_silence_duration_ms=self._min_silence_ms, speech_pad_ms=0.0)
 
     # --- counters and back-pressure ----------------------------------------------------------
 
@@ -168,6 +195,14 @@ class StreamingRecognizer:
     @property
     def _size(self) -> int:
         return self._base + self._n
+
+    @property
+    def _judged(self) -> int:
+        """The end of the audio that may be cut at the cap: with a VAD, what it has judged while
+        it heard speech in the utterance (silence before speech is trimmed, never capped)."""
+        if self._vad is None:
+            return self._size
+        return self._heard if self._utt_speech else 0
 
     @property
     def buffered_seconds(self) -> float:
@@ -187,22 +222,75 @@ class StreamingRecognizer:
 
     def feed(self, samples: F32) -> None:
         """Append audio at the input rate."""
-        self._append(samples if self._resampler is None else self._resampler.process(samples))
+        audio = samples if self._resampler is None else self._resampler.process(samples)
+        self._append(audio)
+        if self._vad is not None and audio.shape[0]:
+            self._vad_pending.append(audio)
 
-    def next_pass(self) -> Pass | None:
-        """The pass to run now: a pending final first, else a partial once a stride has arrived.
+    # --- the VAD (D28) -----------------------------------------------------------------------
+
+    def vad_audio(self) -> F32:
+        """The 16 kHz audio fed since the last call, for the caller to run the VAD over."""
+        pending, self._vad_pending = self._vad_pending, []
+        if len(pending) == 1:
+            return pending[0]
+        return np.concatenate(pending) if pending else np.zeros(0, np.float32)
+
+    def on_vad(self, probabilities: F32) -> None:
+        """The VAD's speech probabilities of the next chunks of ``vad_audio``, in order."""
+        if self._vad is None or self._finished:
+            return
+        for probability in probabilities:
+            for event in self._vad.feed(probability):
+                if isinstance(event, SpeechEnd):
+                    self._speaking = False
+                    self._speech_until = max(self._speech_until, event.end)
+                    self._vad_endpoint(event.end, (event.chunk + 1) * self._vad.hop)
+                    continue
+                if not self._utt_speech:
+                    # Where the VAD heard speech begin, not where the audio stood when it said
+                    # so: the same utterances whatever the frame sizes and timing.
+                    self._start_at(event.start - int(_VAD_LEAD_SECONDS * MODEL_RATE))
+                self._speaking = self._utt_speech = True
+        heard = self._heard = self._vad.chunks * self._vad.hop
+        if self._speaking:
+            self._speech_until = heard
+        elif not self._utt_speech:
+            # Silence so far: keep only a short tail, so the buffer stays small.
+            self._start_at(heard - int(_SILENCE_KEEP_SECONDS * MODEL_RATE))
+            self._trim()
+
+    def _vad_endpoint(self, end: int, heard: int) -> None:
+        """By ``heard``, the VAD heard ``min_silence_ms`` of silence after speech that ended at
+        ``end``."""
+        if self._endpoint_mode == "manual" or not self._utt_speech:
+            return
+        cut = min(end + int(VAD_LIVE_TAIL_MS * MODEL_RATE / 1000), heard, self._size)
+        cut = cut // FRAME_SAMPLES * FRAME_SAMPLES
+        if cut <= self._utt:
+            return
+        self._finals.append(Pass(self._slice(self._utt, cut), final=True, start=self._utt,
+                                 reason="vad"))
+        self._new_utterance(cut)
+
+    def next_pass(self, *, partials: bool = True) -> Pass | None:
+        """The pass to run now: a pending final first, else a partial once a stride has arrived
+        (with ``partials``).
 
         One pass at a time: call again after handing back the previous pass's result.
         """
-        if not self._finished and self._size - self._utt >= self._max_samples:
+        if not self._finished and self._judged - self._utt >= self._max_samples:
             # Cut at once: waiting for the next stride would only delay the final (§10 "Cap").
             self._cap_cut()
         if self._finals:
             job = self._finals.popleft()
         else:
-            if self._finished or (self._size - self._covered < self._stride
-                                  and not self._probe_due()):
+            if self._finished or not partials or (self._size - self._covered < self._stride
+                                                  and not self._probe_due()):
                 return None
+            if self._vad is not None and not self._speaking and \
+                    self._speech_until <= self._covered:
+                return None  # nothing but silence since the last pass: no pass (D28)
             end = min(self._size, self._covered + self._step, self._utt + self._max_samples)
             if end <= self._covered:
                 return None
@@ -221,15 +309,16 @@ class StreamingRecognizer:
 
         Without this, an endpoint would wait for the next stride (up to 0.8 s more latency).
         """
-        if self._endpoint_mode != "auto" or self._last_token < 0:
+        if not self.endpoints_from_passes or self._last_token < 0:
             return False
         probe = (self._last_token + 2 + self._endpoint_frames) * FRAME_SAMPLES
         return self._covered < probe <= self._size
 
     @property
     def endpoints_from_passes(self) -> bool:
-        """Whether partial passes find endpoints (``auto``); else ``finish`` needs none first."""
-        return self._endpoint_mode == "auto"
+        """Whether partial passes find endpoints (``auto`` without a VAD); else ``finish`` needs
+        none first."""
+        return self._endpoint_mode == "auto" and self._vad is None
 
     def finish(self, reason: Reason = "stop", truncated: bool = False) -> None:
         """End the stream: the rest of the audio becomes final passes, then ``next_pass`` is None.
@@ -287,12 +376,10 @@ class StreamingRecognizer:
         self._endpoints(tokens, offset, end_frame)
         if self._last_token < 0:
             # No speech yet: keep only a short tail, so the buffer stays small.
-            keep = int(_SILENCE_KEEP_SECONDS * MODEL_RATE)
-            self._utt = max(self._utt, (end - keep) // FRAME_SAMPLES * FRAME_SAMPLES)
-            self._commit_frame = max(self._commit_frame, self._utt // FRAME_SAMPLES)
+            self._start_at(end - int(_SILENCE_KEEP_SECONDS * MODEL_RATE))
         # Commit before a cap cut, so that no word leaves the windows uncommitted meanwhile.
         segments = self._partial(done, tokens, offset, end_frame)
-        if end - self._utt >= self._max_samples:
+        if min(end, self._judged) - self._utt >= self._max_samples:
             self._cap_cut()
         self._trim()
         if len(self._finals) > queued:
@@ -303,7 +390,7 @@ class StreamingRecognizer:
 
     def _endpoints(self, tokens: list[Token], offset: int, end_frame: int) -> None:
         """Find blank-run endpoints in a window's tokens; each queues a final pass."""
-        blank = self._endpoint_mode == "auto"
+        blank = self._endpoint_mode == "auto" and self._vad is None
         for token in tokens:
             frame = offset + token.frame
             if frame < self._utt // FRAME_SAMPLES:
@@ -347,6 +434,13 @@ class StreamingRecognizer:
                                  reason="cap"))
         self._new_utterance(cut)
 
+    def _start_at(self, sample: int) -> None:
+        """Move the start of an utterance without words yet forward to ``sample`` (on the frame
+        grid); what lies before it is silence, never recognised."""
+        self._utt = max(self._utt, sample // FRAME_SAMPLES * FRAME_SAMPLES)
+        self._covered = max(self._covered, self._utt)
+        self._commit_frame = max(self._commit_frame, self._utt // FRAME_SAMPLES)
+
     def _new_utterance(self, cut: int) -> None:
         """Start the next utterance at stream sample ``cut`` (a whole frame)."""
         cut_frame = cut // FRAME_SAMPLES
@@ -357,6 +451,7 @@ class StreamingRecognizer:
         self._last_partial = ("", 0)
         if self._last_token < cut_frame:
             self._last_token = -1
+        self._utt_speech = self._speaking
 
     def _partial(self, done: Pass, tokens: list[Token], offset: int,
                  end_frame: int) -> list[Segment]:

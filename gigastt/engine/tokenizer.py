@@ -33,22 +33,31 @@ class Token:
 
 
 class Vocabulary:
-    """Token pieces by id, with the blank id."""
+    """Token pieces by id, with the blank id.
 
-    __slots__ = ("blank", "pieces", "unknown")
+    ``separator``: the plain heads' letter vocabulary (D29), where a bare ``▁`` is the space
+    between words and belongs to neither; in SentencePiece vocabularies (the e2e heads) a ``▁``
+    starts the word it is part of.
+    """
 
-    def __init__(self, pieces: Sequence[str]) -> None:
+    __slots__ = ("blank", "pieces", "separator", "space", "unknown")
+
+    def __init__(self, pieces: Sequence[str], *, separator: bool = False) -> None:
         self.pieces = tuple(pieces)
         if BLANK not in self.pieces:
             raise VocabularyError(f"vocabulary has no {BLANK} token")
         self.blank = self.pieces.index(BLANK)
         self.unknown = self.pieces.index(UNKNOWN) if UNKNOWN in self.pieces else -1
+        self.space = self.pieces.index(WORD_START) if WORD_START in self.pieces else -1
+        if separator and self.space < 0:
+            raise VocabularyError(f"a letter vocabulary needs the space token {WORD_START}")
+        self.separator = separator
 
     def __len__(self) -> int:
         return len(self.pieces)
 
     @classmethod
-    def parse(cls, text: str) -> Vocabulary:
+    def parse(cls, text: str, *, separator: bool = False) -> Vocabulary:
         """Parse ``<piece> <id>`` lines; ids must be exactly 0..V-1."""
         by_id: dict[int, str] = {}
         for number, line in enumerate(text.splitlines(), start=1):
@@ -62,15 +71,15 @@ class Vocabulary:
             by_id[int(ident)] = piece
         if sorted(by_id) != list(range(len(by_id))) or not by_id:
             raise VocabularyError("ids must be 0..V-1 without gaps")
-        return cls([by_id[i] for i in range(len(by_id))])
+        return cls([by_id[i] for i in range(len(by_id))], separator=separator)
 
     @classmethod
-    def load(cls, path: Path) -> Vocabulary:
+    def load(cls, path: Path, *, separator: bool = False) -> Vocabulary:
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
             raise VocabularyError(f"{path.name} is not UTF-8") from exc
-        return cls.parse(text)
+        return cls.parse(text, separator=separator)
 
     def words(self, tokens: Iterable[Token], *, frame_offset: int = 0) -> list[Word]:
         """Group tokens into words: each ``▁`` starts a word, other text joins the current one.
@@ -81,6 +90,9 @@ class Vocabulary:
         groups: list[tuple[list[str], list[Token]]] = []
         for token in tokens:
             if token.id in (self.blank, self.unknown):
+                continue
+            if self.separator and token.id == self.space:
+                groups.append(([], []))  # the space ends a word; the next letter starts one
                 continue
             head, *starts = self.pieces[token.id].split(WORD_START)
             if head or not starts:

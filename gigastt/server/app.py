@@ -32,8 +32,21 @@ from gigastt.config import (
 )
 from gigastt.engine.capacity import calibrate
 from gigastt.engine.executor import InferenceExecutor, recognition_executor
+from gigastt.engine.heads import resolve as resolve_head
+from gigastt.engine.hotwords import (
+    Hotwords,
+    HotwordsError,
+    Phrase,
+    compile_phrases,
+    read_file,
+)
 from gigastt.engine.model import GigaamModel, ModelError
 from gigastt.engine.recognizer import Recognizer
+from gigastt.engine.vad import VadError, open_vad
+from gigastt.engine.vadlane import VadLane
+from gigastt.jobs.runner import JobRunner
+from gigastt.jobs.store import StoreError as JobStoreError
+from gigastt.jobs.store import StoreThread
 from gigastt.server import routes
 from gigastt.server.admission import AdmissionPool
 from gigastt.server.auth import ApiKeyPolicy
@@ -44,6 +57,7 @@ from gigastt.server.metrics import ServerMetrics
 from gigastt.server.origin import OriginPolicy
 from gigastt.server.ratelimit import RateLimiter
 from gigastt.store import StoreError, prepare_model
+from gigastt.store.download import vad_source
 
 log = logging.getLogger("gigastt.server")
 
@@ -71,21 +85,58 @@ def run_server(config: ServeConfig) -> int:
         return _fail(str(exc), code=2)
     except ConfigError as exc:
         return _fail(str(exc))
+    jobs_db = None
+    if config.jobs_dir is not None:
+        # D31: before the model, so that an unusable directory is reported at once.
+        try:
+            jobs_db = StoreThread(config.jobs_dir)
+            requeued = jobs_db.run(jobs_db.store.recover)
+        except JobStoreError as exc:
+            return _fail(str(exc))
+        log.info("jobs directory %s: %d job(s) requeued after a restart", config.jobs_dir,
+                 requeued)
+    try:
+        return _run(config, auth, jobs_db)
+    finally:
+        if jobs_db is not None:
+            jobs_db.close()
+
+
+def _run(config: ServeConfig, auth: ApiKeyPolicy, jobs_db: StoreThread | None) -> int:
+    # D29: the head (--model-variant) and the server's phrase list, both checked before any
+    # download or model load.
+    head = resolve_head(config.model_dir, config.model_variant)
+    phrases: list[Phrase] = []
+    if config.hotwords_file is not None:
+        try:
+            phrases = read_file(config.hotwords_file)
+        except HotwordsError as exc:
+            return _fail(str(exc))
     try:
         # Downloads what is missing, then creates the INT8 encoder (docs/runbook.md "Start-up and
         # model files").
         prepare_model(config.model_dir, model_url=config.model_url, env=os.environ,
-                      quantize=not config.skip_quantize, on_demand=True)
+                      quantize=not config.skip_quantize, on_demand=True, head=head)
     except StoreError as exc:
         return _fail(str(exc))
     limits = config.limits
     if limits.max_session_secs and limits.max_session_secs < limits.idle_timeout_secs:
         log.warning("--max-session-secs is below --idle-timeout-secs: the cap always fires first")
-    executor = recognition_executor(
-        lambda: Recognizer(GigaamModel(config.model_dir, threads=config.threads)))
+    try:
+        vad_path, vad_sha256 = vad_source(config.model_dir, config.vad_model, os.environ)
+    except StoreError as exc:
+        return _fail(str(exc))
+
+    def load() -> Recognizer:
+        # D28: the VAD first (a bad file fails in milliseconds), then the model, on the lane.
+        vad = open_vad(config.vad, vad_path, expected_sha256=vad_sha256)
+        return Recognizer(GigaamModel(config.model_dir, threads=config.threads, head=head),
+                          vad=vad)
+
+    executor = recognition_executor(load)
     try:
         recognizer = executor.start()
-    except ModelError as exc:
+    except (ModelError, VadError) as exc:
         return _fail(str(exc))
     if config.pool_auto:
         # D27: before the server listens, so /ready never answers for an unmeasured pool; on
@@ -99,8 +150,15 @@ def run_server(config: ServeConfig) -> int:
                  " re-encode factor %.2f); --pool-size auto uses it", measured.sessions,
                  measured.encode_cost, measured.reencode_factor)
         config = dataclasses.replace(config, pool_size=measured.sessions)
+    hotwords = compile_phrases(phrases, recognizer.model.vocab, config.hotwords_boost)
+    if phrases:
+        # Counts only: the phrases themselves are never logged (docs/runbook.md "Hotwords").
+        log.info("hotwords: %d phrases from %s, boost %.2f; %d cannot be written with the %s"
+                 " vocabulary and are left out", len(phrases), config.hotwords_file,
+                 config.hotwords_boost, len(phrases) - (len(hotwords) if hotwords else 0),
+                 head.name)
     try:
-        return asyncio.run(_serve(config, executor, recognizer, auth))
+        return asyncio.run(_serve(config, executor, recognizer, auth, jobs_db, hotwords))
     except OSError as exc:
         return _fail(exc.strerror or str(exc))
     finally:
@@ -110,7 +168,8 @@ def run_server(config: ServeConfig) -> int:
 
 
 async def _serve(config: ServeConfig, executor: InferenceExecutor[Recognizer],
-                 recognizer: Recognizer, auth: ApiKeyPolicy) -> int:
+                 recognizer: Recognizer, auth: ApiKeyPolicy,
+                 jobs_db: StoreThread | None = None, hotwords: Hotwords | None = None) -> int:
     limits = config.limits
     state = routes.ServerState(
         config=config,
@@ -125,6 +184,9 @@ async def _serve(config: ServeConfig, executor: InferenceExecutor[Recognizer],
         auth=auth,
         # D27: with auto, the pool size is the measured capacity.
         capacity=config.pool_size if config.pool_auto else None,
+        vad_lane=None if recognizer.vad is None else VadLane(recognizer.vad),
+        hotwords=hotwords,
+        hotwords_boost=config.hotwords_boost,
     )
     lifecycle = DrainController()
     loop = asyncio.get_running_loop()
@@ -167,11 +229,20 @@ async def _serve(config: ServeConfig, executor: InferenceExecutor[Recognizer],
         log.info("API key required on every route but /health and /ready (%s)",
                  config.api_key_file)
     evictor = asyncio.ensure_future(_evict_forever(state))
+    job_tasks: list[asyncio.Future[None]] = []
+    if jobs_db is not None:
+        state.jobs = JobRunner(jobs_db, executor, state.vocab, lambda: state.limits)
+        state.jobs.hotwords, state.jobs.hotwords_boost = hotwords, config.hotwords_boost
+        job_tasks = [asyncio.ensure_future(state.jobs.run_forever()),
+                     asyncio.ensure_future(state.jobs.sweep_forever())]
 
     await lifecycle.stop_requested.wait()
     log.info("Shutting down server (%s)", lifecycle.signal_name)
     state.shutdown.set()
     state.pool.close()
+    for task in job_tasks:  # a running job stays `running` and is redone at the next start
+        task.cancel()
+    await asyncio.gather(*job_tasks, return_exceptions=True)
     server.close()
     left = await lifecycle.drain(float(state.limits.shutdown_drain_secs))
     evictor.cancel()
@@ -181,6 +252,8 @@ async def _serve(config: ServeConfig, executor: InferenceExecutor[Recognizer],
     else:
         log.info("Drain complete: all tracked tasks finished")
     lifecycle.uninstall(loop)
+    if state.vad_lane is not None:
+        state.vad_lane.close(timeout=5.0)
     return 0
 
 

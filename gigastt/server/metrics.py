@@ -11,6 +11,11 @@ from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol, TypeAlias
 
+import numpy as np
+import numpy.typing as npt
+
+from gigastt.config import VAD_THRESHOLD
+
 __all__ = [
     "BUCKETS",
     "METHOD_LABELS",
@@ -261,6 +266,15 @@ class ServerMetrics:
             "gigastt_live_encoded_seconds_total",
             "Seconds of audio passed to the encoder by live passes",
         )
+        # D28: per route, seconds of audio and of VAD speech (what the VAD saved).
+        self.vad_audio = Counter(
+            "gigastt_vad_audio_seconds_total",
+            "Seconds of audio passed through the VAD", ("route",),
+        )
+        self.vad_speech = Counter(
+            "gigastt_vad_speech_seconds_total",
+            "Seconds of audio the VAD found to be speech", ("route",),
+        )
         self.families: tuple[Metric, ...] = (
             self.http_requests,
             self.http_duration,
@@ -276,6 +290,8 @@ class ServerMetrics:
             self.ws_lag_max,
             self.live_audio,
             self.live_encoded,
+            self.vad_audio,
+            self.vad_speech,
         )
         self.set_pool(pool_size or 0, 0)
         self.ws_active.set(0)
@@ -323,6 +339,17 @@ class ServerMetrics:
         histogram (encoded / audio seconds, both totals, is the factor)."""
         self.live_encoded.inc(amount=encoded_seconds)
         self.ws_lag.observe(lag_seconds)
+
+    def vad_chunks(self, route: str, probabilities: npt.NDArray[np.float32],
+                   chunk_seconds: float) -> None:
+        """The VAD judged these chunks of a stream (live or SSE): speech = at the threshold."""
+        speech = int(np.count_nonzero(probabilities >= VAD_THRESHOLD))
+        self.vad_seen(route, probabilities.shape[0] * chunk_seconds, speech * chunk_seconds)
+
+    def vad_seen(self, route: str, audio_seconds: float, speech_seconds: float) -> None:
+        """Audio went through the VAD on ``route`` (a fixed name: transcribe, openai, ws...)."""
+        self.vad_audio.inc({"route": route}, amount=audio_seconds)
+        self.vad_speech.inc({"route": route}, amount=speech_seconds)
 
     def render(self) -> str:
         lags = [source.lag_seconds() for source in self.live_sessions]

@@ -18,9 +18,11 @@ import numpy as np
 import numpy.typing as npt
 
 from gigastt import export, protocol, subtitles
+from gigastt.config import HOTWORD_MAX_CHARS, HOTWORDS_REQUEST_MAX
 from gigastt.engine.audio import AudioError, UnsupportedSampleRateError, load_audio
 from gigastt.engine.executor import recognize_windows
 from gigastt.engine.features import SAMPLE_RATE
+from gigastt.engine.hotwords import Hotwords
 from gigastt.engine.recognizer import transcript_of
 from gigastt.engine.tokenizer import FRAME_SECONDS, Token, join_words
 from gigastt.engine.transcript import Transcript, Word
@@ -105,12 +107,14 @@ class BadField(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Options:
-    """What the form asks for; ``model``, ``prompt``, ``temperature`` and fields this server
-    does not know are accepted and ignored (D24)."""
+    """What the form asks for; ``model``, ``temperature`` and fields this server does not know
+    are accepted and ignored (D24). ``prompt`` is read as comma-separated hotword phrases (D29):
+    absent, empty or beyond the request bounds keeps the server's list (``prompt_phrases``)."""
 
     response_format: str
     stream: bool
     words: bool  # `word` timestamp granularity: verbose_json gets `words`
+    hotwords: list[str] | None = None
 
 
 def _single(fields: dict[str, list[str]], name: str) -> str:
@@ -144,7 +148,22 @@ def parse_options(fields: dict[str, list[str]]) -> Options:
     if any(value not in GRANULARITIES for value in granularities):
         raise BadField("timestamp_granularities[]",
                        "timestamp_granularities[] values must be 'word' or 'segment'.")
-    return Options(response_format, stream == "true", "word" in granularities)
+    return Options(response_format, stream == "true", "word" in granularities,
+                   prompt_phrases(fields.get("prompt", [])))
+
+
+def prompt_phrases(values: list[str]) -> list[str] | None:
+    """``prompt`` as hotword phrases (D29), or None (the server's list) when it is empty, sent
+    more than once, or not a phrase list within the request bounds: OpenAI clients often send a
+    sentence or the previous transcript as ``prompt``, and D24 accepts such fields rather than
+    refusing them (before D29 any ``prompt`` was accepted and ignored)."""
+    if len(values) != 1:
+        return None
+    phrases = [item.strip() for item in values[0].split(",") if item.strip()]
+    if not phrases or len(phrases) > HOTWORDS_REQUEST_MAX or any(
+            len(item) > HOTWORD_MAX_CHARS for item in phrases):
+        return None
+    return phrases
 
 
 def _read_form(data: bytes, boundary: bytes, limit: int) -> tuple[Options, memoryview | bytes]:
@@ -190,16 +209,28 @@ def _segments(transcript: Transcript, frames: list[int], tokens: list[Token]) ->
 
 
 async def _transcribe(state: ServerState, samples: npt.NDArray[np.float32],
-                      options: Options) -> Response:
+                      options: Options, hotwords: Hotwords | None = None) -> Response:
+    from gigastt.server.routes import file_plan  # routes imports this module
+
     frames: list[int] = []
     tokens: list[Token] = []
     words: list[Word] = []
-    windows = recognize_windows(state.executor, state.vocab, samples)
+    # D28: with the VAD loaded, pauses are skipped as on /v1/transcribe (word times unchanged).
+    plan = await file_plan(state, samples, True, "openai")
+    windows = recognize_windows(state.executor, state.vocab, samples,
+                                windows=None if plan is None else plan.windows,
+                                hotwords=hotwords)
     async for window, window_tokens, window_words in windows:
         frames += [window.frame_offset + t.frame for t in window_tokens]
         tokens += window_tokens
         words += window_words
     transcript = transcript_of(words, samples.shape[0])
+    # Seconds of CPU for hours of audio: off the event loop, like /v1/transcribe's rendering.
+    return await asyncio.to_thread(_render, transcript, options, frames, tokens)
+
+
+def _render(transcript: Transcript, options: Options, frames: list[int],
+            tokens: list[Token]) -> Response:
     fmt = options.response_format
     exported = _EXPORTS.get(fmt)
     if exported is not None:
@@ -226,11 +257,12 @@ def _event(payload: JSON) -> bytes:
 
 
 async def _deltas(state: ServerState, samples: npt.NDArray[np.float32],
-                  out: asyncio.Queue[bytes | None]) -> None:
+                  out: asyncio.Queue[bytes | None], hotwords: Hotwords | None = None) -> None:
     """``stream=true``: a delta per recognised window (final text only, so deltas only ever
     append), then the done event and ``[DONE]``."""
     text = ""
-    async for _, _, words in recognize_windows(state.executor, state.vocab, samples):
+    async for _, _, words in recognize_windows(state.executor, state.vocab, samples,
+                                               hotwords=hotwords):
         if words:
             delta = (" " if text else "") + join_words(words)
             text += delta
@@ -258,7 +290,7 @@ async def transcriptions(state: ServerState, request: Request, body: Body) -> Re
     if request.method == "OPTIONS":
         return Response(204)
     # Imported here: routes imports this module for its routing table.
-    from gigastt.server.routes import checkout, read_audio_body
+    from gigastt.server.routes import checkout, hotwords_for, read_audio_body
 
     content_type = request.header(b"content-type") or b""
     # Both refusals come before the body is read (the driver then closes the connection).
@@ -284,6 +316,9 @@ async def transcriptions(state: ServerState, request: Request, body: Body) -> Re
                             "invalid_multipart")
     except BadField as exc:
         return exc.response()
+    hotwords = hotwords_for(state, options.hotwords)
+    if isinstance(hotwords, ErrorCode):
+        return catalogue_error(hotwords)
     del data  # `audio` is a view of it: the bytes stay alive exactly as long as they are needed
     slot = await checkout(state, catalogue_error)
     if isinstance(slot, Response):
@@ -292,14 +327,15 @@ async def transcriptions(state: ServerState, request: Request, body: Body) -> Re
     streaming = False
     try:
         # The slot is held during decoding too, as on /v1/transcribe: decodes are bounded.
-        samples = await asyncio.to_thread(load_audio, audio)
+        samples = await asyncio.to_thread(load_audio, audio,
+                                          max_seconds=state.limits.audio_seconds_cap)
         del audio
         if options.stream:
             streaming = True
-            stream = sse.EventStream(lambda out: _deltas(state, samples, out), slot,
+            stream = sse.EventStream(lambda out: _deltas(state, samples, out, hotwords), slot,
                                      _STREAM_FAILED)
             return StreamingResponse(200, list(sse.HEADERS), stream)
-        reply = await _transcribe(state, samples, options)
+        reply = await _transcribe(state, samples, options, hotwords)
     except UnsupportedSampleRateError:
         return catalogue_error(ErrorCode.UNSUPPORTED_SAMPLE_RATE)
     except AudioError as exc:

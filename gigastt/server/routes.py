@@ -12,9 +12,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
+from urllib.parse import parse_qsl
+
+import numpy as np
+import numpy.typing as npt
 
 from gigastt import __version__, errors, export, protocol
-from gigastt.config import Limits, ServeConfig
+from gigastt.config import ConfigError, Limits, ServeConfig, parse_bool
 from gigastt.engine import executor as inference
 from gigastt.engine.audio import (
     AudioError,
@@ -23,11 +27,16 @@ from gigastt.engine.audio import (
     supported_formats,
 )
 from gigastt.engine.executor import InferenceExecutor
+from gigastt.engine.features import SAMPLE_RATE
+from gigastt.engine.hotwords import TOO_LONG, Hotwords, HotwordsError, compile_phrases, parse_list
 from gigastt.engine.model import ModelInfo
 from gigastt.engine.recognizer import Recognizer
 from gigastt.engine.tokenizer import Vocabulary
+from gigastt.engine.vadlane import VadLane
+from gigastt.engine.windows import WindowPlan
 from gigastt.errors import ErrorCode
-from gigastt.server import openai, sse, websocket
+from gigastt.jobs.runner import JobRunner
+from gigastt.server import jobs, openai, sse, ui, websocket
 from gigastt.server.admission import AdmissionPool, PoolClosed, PoolTimeout, Slot
 from gigastt.server.auth import CHALLENGE, ApiKeyPolicy
 from gigastt.server.budget import BUSY_RETRY_AFTER_SECS
@@ -72,10 +81,23 @@ class ServerState:
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)
     # The live capacity measured by --pool-size auto (D27); None without it.
     capacity: int | None = None
+    # D28: the Silero VAD was loaded with the model (recognizer.vad); /health and /v1/models
+    # report it, the file routes use it on the bulk lane, live sessions on this lane.
+    vad_lane: VadLane | None = None
+    # The job queue (D31); None without --jobs-dir.
+    jobs: JobRunner | None = None
+    # D29: the server's compiled phrase list (--hotwords-file; None: none) and the boost that
+    # requests' own lists are compiled with.
+    hotwords: Hotwords | None = None
+    hotwords_boost: float = 0.0
 
     @property
     def draining(self) -> bool:
         return self.shutdown.is_set()
+
+    @property
+    def vad_loaded(self) -> bool:
+        return self.vad_lane is not None
 
 
 RouteHandler = Callable[[ServerState, Request, Body], Awaitable[Reply]]
@@ -161,10 +183,14 @@ async def read_audio_body(state: ServerState, body: Body,
 
 
 HEALTH_BODY = protocol.health(__version__).encode()  # constant: not re-serialised per probe
+HEALTH_BODY_VAD = protocol.health(__version__, vad=True).encode()
 
 
 async def health(state: ServerState, request: Request, body: Body) -> Reply:
-    return Response(200, [JSON_TYPE], HEALTH_BODY)
+    if state.model.head.model_id != protocol.MODEL_ID:  # D29: another head than the default
+        return Response(200, [JSON_TYPE], protocol.health(
+            __version__, vad=state.vad_loaded, model=state.model.head.model_id).encode())
+    return Response(200, [JSON_TYPE], HEALTH_BODY_VAD if state.vad_loaded else HEALTH_BODY)
 
 
 async def ready(state: ServerState, request: Request, body: Body) -> Reply:
@@ -180,7 +206,52 @@ async def models(state: ServerState, request: Request, body: Body) -> Reply:
         version=__version__, encoder=state.model.encoder, vocab_size=state.model.vocab_size,
         pool_size=state.pool.total, pool_available=state.pool.available,
         supported_formats=supported_formats(), capacity=state.capacity,
+        vad=state.vad_loaded, model=state.model.head.model_id, name=state.model.head.display,
     ))
+
+
+def hotwords_for(state: ServerState, phrases: list[str] | None) -> Hotwords | ErrorCode | None:
+    """A request's phrase list (D29): None (not given) keeps the server's, ``[]`` turns biasing
+    off, otherwise the list replaces the server's; its bounds' error code if it breaks them."""
+    if phrases is None:
+        return state.hotwords
+    try:
+        parsed = parse_list(phrases)
+    except HotwordsError as exc:
+        return (ErrorCode.HOTWORD_PHRASE_TOO_LONG if exc.code == TOO_LONG
+                else ErrorCode.TOO_MANY_HOTWORDS)
+    return compile_phrases(parsed, state.vocab, state.hotwords_boost)
+
+
+def query_phrases(query: str) -> list[str] | None:
+    """The ``hotwords`` parameter's phrases: comma-separated (given several times, the lists
+    join); None when absent, ``[]`` when empty (biasing off for this request)."""
+    values = [value for key, value in parse_qsl(query, keep_blank_values=True, errors="replace")
+              if key == "hotwords"]
+    if not values:
+        return None
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]
+
+
+@dataclass(frozen=True, slots=True)
+class FileOptions:
+    """The query options of the file routes (``vad``, ``hotwords``), checked before the body is
+    read so that a typo costs no upload (D28, D29)."""
+
+    vad: bool
+    phrases: list[str] | None  # as given (jobs keep them); None: absent
+    hotwords: Hotwords | None  # compiled: the request's, else the server's
+
+
+def file_options(state: ServerState, query: str) -> FileOptions | Response:
+    use_vad = vad_from_query(query)
+    if use_vad is None:
+        return error_response(ErrorCode.INVALID_VAD)
+    phrases = query_phrases(query)
+    hotwords = hotwords_for(state, phrases)
+    if isinstance(hotwords, ErrorCode):
+        return error_response(hotwords)
+    return FileOptions(use_vad, phrases, hotwords)
 
 
 async def transcribe(state: ServerState, request: Request, body: Body) -> Reply:
@@ -191,6 +262,9 @@ async def transcribe(state: ServerState, request: Request, body: Body) -> Reply:
     fmt = export.format_from_query(request.target.partition("?")[2])
     if fmt is None:
         return error_response(ErrorCode.UNSUPPORTED_FORMAT)
+    options = file_options(state, request.target.partition("?")[2])
+    if isinstance(options, Response):
+        return options
     data = await read_audio_body(state, body)
     if isinstance(data, Response):
         return data
@@ -200,9 +274,12 @@ async def transcribe(state: ServerState, request: Request, body: Body) -> Reply:
     started = time.monotonic()
     try:
         # Decoding and resampling are CPU work: off the event loop and the inference lanes.
-        samples = await asyncio.to_thread(load_audio, data)
+        samples = await asyncio.to_thread(load_audio, data,
+                                          max_seconds=state.limits.audio_seconds_cap)
         del data
-        result = await inference.transcribe(state.executor, state.vocab, samples)
+        plan = await file_plan(state, samples, options.vad, "transcribe")
+        result = await inference.transcribe(state.executor, state.vocab, samples, plan=plan,
+                                            hotwords=options.hotwords)
     except UnsupportedSampleRateError:
         return error_response(ErrorCode.UNSUPPORTED_SAMPLE_RATE)
     except AudioError as exc:
@@ -218,18 +295,52 @@ async def transcribe(state: ServerState, request: Request, body: Body) -> Reply:
     log.info("request %s: transcribed %.2f s of audio into %d words in %.3f s",
              request.request_id, result.duration, len(result.words), time.monotonic() - started)
     content_type = (b"content-type", export.CONTENT_TYPES[fmt])
-    return Response(200, [content_type], export.render(result, fmt).encode())
+    # Up to --max-audio-secs of words (D30): seconds of CPU for hours, so off the event loop.
+    rendered = await asyncio.to_thread(export.render, result, fmt)
+    return Response(200, [content_type], rendered.encode())
+
+
+def vad_from_query(query: str) -> bool | None:
+    """The ``vad`` parameter of a URL query (D28): True when absent, None when it is not a D6
+    boolean or is given more than once."""
+    values = [value for key, value in parse_qsl(query, keep_blank_values=True, errors="replace")
+              if key == "vad"]
+    if not values:
+        return True
+    if len(values) > 1:
+        return None
+    try:
+        return parse_bool("vad", values[0])
+    except ConfigError:
+        return None
+
+
+async def file_plan(state: ServerState, samples: npt.NDArray[np.float32], use_vad: bool,
+                    route: str) -> WindowPlan | None:
+    """The VAD's windows for a file on the bulk lane (None: no VAD, or ``?vad=false``); counts
+    the file's audio and speech seconds per route (docs/api.md "GET /metrics")."""
+    if not (use_vad and state.vad_loaded):
+        return None
+    plan = await inference.plan_file(state.executor, samples)
+    if plan is not None and state.metrics:
+        state.metrics.vad_seen(route, samples.shape[0] / SAMPLE_RATE,
+                               plan.speech_samples / SAMPLE_RATE)
+    return plan
 
 
 async def transcribe_stream(state: ServerState, request: Request, body: Body) -> Reply:
     if request.method == "OPTIONS":
         return Response(204)
+    options = file_options(state, request.target.partition("?")[2])
+    if isinstance(options, Response):
+        return options
     data = await read_audio_body(state, body)
     if isinstance(data, Response):
         return data
     try:
         # Decode before taking a slot (docs/architecture.md §8).
-        samples = await asyncio.to_thread(load_audio, data)
+        samples = await asyncio.to_thread(load_audio, data,
+                                          max_seconds=state.limits.audio_seconds_cap)
     except UnsupportedSampleRateError:
         return error_response(ErrorCode.UNSUPPORTED_SAMPLE_RATE)
     except AudioError as exc:
@@ -239,10 +350,19 @@ async def transcribe_stream(state: ServerState, request: Request, body: Body) ->
     slot = await checkout(state)
     if isinstance(slot, Response):
         return slot
+    progress = _query_flag(request.target.partition("?")[2], "progress")
     chunks = sse.EventStream(
-        lambda out: sse.recognise(state.executor, state.vocab, samples, state.shutdown, out),
+        lambda out: sse.recognise(state.executor, state.vocab, samples, state.shutdown, out,
+                                  progress=progress, vad=options.vad and state.vad_loaded,
+                                  metrics=state.metrics, hotwords=options.hotwords),
         slot, sse.event(protocol.sse_error()))
     return StreamingResponse(200, list(sse.HEADERS), chunks)
+
+
+def _query_flag(query: str, name: str) -> bool:
+    """An opt-in query flag: ``name=true`` or ``name=1`` (any case); anything else is off."""
+    return any(key == name and value.lower() in ("true", "1")
+               for key, value in parse_qsl(query, keep_blank_values=True))
 
 
 async def ws_upgrade(state: ServerState, request: Request, body: Body) -> Reply:
@@ -273,6 +393,11 @@ ROUTES: dict[str, tuple[tuple[str, ...], RouteHandler]] = {
     WS_PATH: (("GET",), ws_upgrade),
     "/metrics": (GET_HEAD, metrics),
     openai.PATH: (POST_OPTIONS, openai.transcriptions),
+    jobs.PATH: (POST_OPTIONS, jobs.create),
+}
+# Routes for every path under a prefix: prefix -> (metrics label, methods, handler).
+PREFIX_ROUTES: dict[str, tuple[str, tuple[str, ...], RouteHandler]] = {
+    jobs.ITEM_PREFIX: (jobs.ITEM_LABEL, jobs.ITEM_METHODS, jobs.item),
 }
 # Routes whose errors, the pipeline's refusals included, have their own body shape.
 ERROR_SHAPES: dict[str, ErrorShape] = {openai.PATH: openai.catalogue_error}
@@ -293,10 +418,16 @@ async def handle(state: ServerState, request: Request, body: Body) -> Reply:
         if request.method not in GET_HEAD:
             return Response(405, [(b"allow", b"GET,HEAD")])
         return await UNGUARDED[path](state, request, body)
+    if state.config.ui and path in ui.PATHS:
+        # The browser page: static public files, so like the probes it passes no origin check,
+        # rate limit or API key (the key is typed into the page; D55, docs/api.md).
+        return ui.respond(request)
     origin = _origin(request)
     decision = state.origin.decide(origin)
     if not decision.allowed:
-        log.warning("origin denied: %r on %s", origin, path)
+        # The route, never the raw path: a job's path holds its secret id (D31).
+        log.warning("origin denied: %r on %s", origin,
+                    path if path in ROUTES else _prefix_route(path)[0])
         return rejection(request, ErrorCode.ORIGIN_DENIED)
     if state.limiter is not None:
         ip = client_ip(request.peer, request.headers, trust_private=state.config.trust_proxy)
@@ -310,25 +441,37 @@ async def handle(state: ServerState, request: Request, body: Body) -> Reply:
             return _with_headers(limited, decision.headers)
     started = time.monotonic()
     route = ROUTES.get(path)
+    route_label = path
+    if route is None:
+        route_label, route = _prefix_route(path)
     if not _authorized(state, request):
         log.info("request %s: missing or wrong API key", request.request_id)
         reply: Reply = rejection(request, ErrorCode.UNAUTHORIZED)
-        label = "other" if route is None else path
+        label = "other" if route is None else route_label
     elif route is None:
         reply = Response(404)
         label = "other"
     else:
         methods, handler = route
-        label = path
+        label = route_label
         if request.method in methods:
             reply = await handler(state, request, body)
         else:
-            allow = b"POST,OPTIONS" if methods == POST_OPTIONS else b"GET,HEAD"
+            allow = (b"POST,OPTIONS" if methods == POST_OPTIONS else b"GET,HEAD"
+                     if methods in (GET_HEAD, ("GET",)) else ",".join(methods).encode())
             reply = Response(405, [(b"allow", allow)])
     if state.metrics:
         state.metrics.observe_request(request.method, label, _status(reply),
                                       time.monotonic() - started)
     return _with_headers(reply, decision.headers)
+
+
+def _prefix_route(path: str) -> tuple[str, tuple[tuple[str, ...], RouteHandler] | None]:
+    """The route of a path under a ``PREFIX_ROUTES`` prefix, with its metrics label."""
+    for prefix, (label, methods, handler) in PREFIX_ROUTES.items():
+        if path.startswith(prefix) and len(path) > len(prefix):
+            return label, (methods, handler)
+    return "other", None
 
 
 def _authorized(state: ServerState, request: Request) -> bool:

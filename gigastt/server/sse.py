@@ -14,13 +14,19 @@ import numpy as np
 import numpy.typing as npt
 
 from gigastt import protocol
+from gigastt.engine.audio import MODEL_RATE
 from gigastt.engine.executor import InferenceExecutor, recognize
+from gigastt.engine.hotwords import Hotwords
 from gigastt.engine.recognizer import Recognizer
 from gigastt.engine.streaming import Pass, StreamingRecognizer
 from gigastt.engine.tokenizer import Vocabulary
+from gigastt.engine.vad import VadStream
 from gigastt.server.admission import Slot
+from gigastt.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
+
+F32 = npt.NDArray[np.float32]
 
 CHUNK_SAMPLES = 16_000
 QUEUE_EVENTS = 16
@@ -33,36 +39,72 @@ def event(payload: str) -> bytes:
     return b"data: " + payload.encode() + b"\n\n"
 
 
+def progress_event(done: float) -> bytes:
+    """``{"progress":<fraction of the file fed and recognised>,"type":"progress"}``."""
+    return event(protocol.dumps({"type": "progress", "progress": round(done, 4)},
+                                sort_keys=True))
+
+
 async def recognise(
     executor: InferenceExecutor[Recognizer],
     vocab: Vocabulary,
     samples: npt.NDArray[np.float32],
     shutdown: asyncio.Event,
     out: asyncio.Queue[bytes | None],
+    *,
+    progress: bool = False,
+    vad: bool = False,
+    metrics: ServerMetrics | None = None,
+    hotwords: Hotwords | None = None,
 ) -> None:
     """Feed 1 s chunks, run passes as they fall due, queue the events (``EventStream`` ends
     the stream, with the error event if this raises).
+
+    ``progress`` (``?progress=true``): between segments, a ``progress`` event each time another
+    whole percent of the file has been recognised; without it the events are exactly as before.
+
+    ``vad`` (D28: loaded, not ``?vad=false``): the VAD judges each chunk on the bulk lane first,
+    and only speech is recognised, as in a live session (docs/architecture.md §10).
 
     Cancelled when the client is gone: the pass awaited then is dropped from the executor's queue
     if no lane has started it, and no later pass is submitted.
     """
     # SSE events carry no commits: a partial only when the text changed (docs/api.md).
-    recognizer = StreamingRecognizer(vocab, commit_policy="on_finalize")
+    recognizer = StreamingRecognizer(vocab, commit_policy="on_finalize", vad=vad)
     key = object()
+    vad_stream = VadStream(MODEL_RATE) if vad else None
+
+    def judge(stream: VadStream, audio: F32) -> Callable[[Recognizer], F32]:
+        def work(resource: Recognizer) -> F32:
+            assert resource.vad is not None  # `vad` is only asked for when it is loaded
+            return stream.feed(resource.vad, audio)
+        return work
 
     async def run(job: Pass) -> None:
-        tokens = await recognize(executor, key, job.samples)
+        tokens = await recognize(executor, key, job.samples, hotwords=hotwords)
         for segment in recognizer.on_result(job, tokens):
             if segment.words:
                 await out.put(event(protocol.sse_segment(segment.kind, segment.words,
                                                          time.time())))
 
-    for start in range(0, samples.shape[0], CHUNK_SAMPLES):
+    total = samples.shape[0]
+    shown = 0  # whole percent last reported
+    for start in range(0, total, CHUNK_SAMPLES):
         if shutdown.is_set():
             return  # the drain: stop silently before the next chunk (docs/runbook.md)
         recognizer.feed(samples[start : start + CHUNK_SAMPLES])
+        if vad_stream is not None:
+            audio = recognizer.vad_audio()
+            probabilities = await executor.run(key, judge(vad_stream, audio))
+            recognizer.on_vad(probabilities)
+            if metrics:
+                metrics.vad_chunks("stream", probabilities, vad_stream.hop / MODEL_RATE)
         while (job := recognizer.next_pass()) is not None:
             await run(job)
+        done = min(start + CHUNK_SAMPLES, total) / total
+        if progress and int(done * 100) > shown:
+            shown = int(done * 100)
+            await out.put(progress_event(done))
     recognizer.finish()
     while (job := recognizer.next_pass()) is not None:
         await run(job)

@@ -23,9 +23,12 @@ from websockets.typing import Subprotocol
 from gigastt import errors, protocol
 from gigastt.engine.audio import MODEL_RATE, pcm16_to_float
 from gigastt.engine.executor import InferenceExecutor, recognize
+from gigastt.engine.hotwords import Hotwords, compile_phrases, parse_list
 from gigastt.engine.recognizer import Recognizer
 from gigastt.engine.streaming import Pass, Segment, StreamingRecognizer
 from gigastt.engine.tokenizer import Token, Vocabulary
+from gigastt.engine.vad import VadStream
+from gigastt.engine.vadlane import VadLane
 from gigastt.errors import ErrorCode
 from gigastt.server.admission import AdmissionPool, PoolClosed, PoolTimeout, Slot
 from gigastt.server.http import Headers, Request, Response, SwitchProtocols, plain_response
@@ -64,6 +67,11 @@ class SessionSettings:
     max_session: int
     frame_max: int
     ping_interval: int
+    vad_lane: VadLane | None = None  # D28: the VAD is loaded
+    # D29: the head's model id (``ready.model``), the server's phrase list and its boost.
+    model_id: str = protocol.MODEL_ID
+    hotwords: Hotwords | None = None
+    hotwords_boost: float = 0.0
 
 
 def offered_subprotocols(request: Request) -> list[str]:
@@ -136,6 +144,9 @@ class Session:
         self.room = asyncio.Event()
         self.pass_task: asyncio.Task[list[Token]] | None = None
         self.current: Pass | None = None
+        # D28: the VAD's run over the audio fed so far (one at a time, like passes).
+        self.vad_task: asyncio.Task[Any] | None = None
+        self.vad_stream: VadStream | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.reader: asyncio.StreamReader | None = None
         self.first = b""
@@ -155,6 +166,8 @@ class Session:
         self.endpoint_mode = "auto"
         self.min_silence_ms: int | None = None
         self.commit_policy = "auto"
+        self.vad = settings.vad_lane is not None  # configure.vad may turn it off
+        self.hotwords = settings.hotwords  # configure.hotwords replaces it (D29)
 
     # --- I/O edges ------------------------------------------------------------------------
 
@@ -263,14 +276,16 @@ class Session:
             if metrics:
                 metrics.live_sessions.add(self)
             await self._send_text(protocol.ready(max_session_secs=self.settings.max_session,
-                                                 idle_timeout_secs=self.settings.idle_timeout))
+                                                 idle_timeout_secs=self.settings.idle_timeout,
+                                                 model=self.settings.model_id))
             self.reading = asyncio.ensure_future(self._read_frames(reader, self.first))
             await self._loop()
         except _Closed:
             pass
         finally:
-            if self.pass_task is not None and not self.pass_task.done():
-                self.pass_task.cancel()
+            for task in (self.pass_task, self.vad_task):
+                if task is not None and not task.done():
+                    task.cancel()
             if slot is not None:
                 slot.release()
             if self.reading is not None:
@@ -365,13 +380,24 @@ class Session:
         try:
             while True:
                 if s.shutdown.is_set():
+                    # What was read from the socket before the drain is part of what the client
+                    # sent before it: processed, nothing more is read (docs/runbook.md).
+                    if getter is not None and getter.done():
+                        frame, getter = getter.result(), None
+                        if frame is None or await self._on_frame(frame):
+                            return
+                    while not self.frames.empty():
+                        frame = await self._next_frame()
+                        if frame is None or await self._on_frame(frame):
+                            return
                     await self._end(1001, "server shutdown")
                     return
                 now = loop.time()
                 # Behind by a whole pass: leave frames queued (the reader then stops reading the
-                # socket) until the pass in flight is done. Meanwhile the client is not idle.
-                holding = (self.pass_task is not None and self.recognizer is not None
-                           and self.recognizer.backlogged)
+                # socket) until the pass or VAD run in flight is done. Meanwhile the client is
+                # not idle.
+                holding = ((self.pass_task is not None or self.vad_task is not None)
+                           and self.recognizer is not None and self.recognizer.backlogged)
                 if holding:
                     self.last_activity = time.monotonic()
                 if deadline is not None and now >= deadline:
@@ -398,8 +424,12 @@ class Session:
                 pending: set[asyncio.Future[Any]] = {stop} if getter is None else {getter, stop}
                 if self.pass_task is not None:
                     pending.add(self.pass_task)
+                if self.vad_task is not None:
+                    pending.add(self.vad_task)
                 done, _ = await asyncio.wait(pending, timeout=max(0.0, min(waits, default=3600)),
                                              return_when=asyncio.FIRST_COMPLETED)
+                if self.vad_task is not None and self.vad_task in done:
+                    await self._vad_done()
                 if self.pass_task is not None and self.pass_task in done:
                     await self._pass_done()
                 if getter in done:
@@ -454,7 +484,7 @@ class Session:
             await self._close(1002, "unsupported protocol version")
             return True
         # All or nothing: one bad value gets one error and changes nothing (docs/api.md).
-        code = message.invalid_field(vad_loaded=False)
+        code = message.invalid_field(vad_loaded=self.settings.vad_lane is not None)
         if code == ErrorCode.INVALID_SAMPLE_RATE:
             assert message.sample_rate is not None
             await self._send_text(errors.invalid_sample_rate(message.sample_rate))
@@ -476,6 +506,12 @@ class Session:
         self.commit_policy = message.commit_policy or self.commit_policy
         if message.min_silence_ms is not None:
             self.min_silence_ms = message.min_silence_ms
+        if message.vad is not None:
+            self.vad = message.vad
+        if message.hotwords is not None:  # checked by invalid_field: strings within bounds
+            self.hotwords = compile_phrases(
+                parse_list(str(item) for item in message.hotwords),
+                self.settings.vocab, self.settings.hotwords_boost)
 
     async def _on_audio(self, data: bytes) -> bool:
         if not data:
@@ -496,6 +532,7 @@ class Session:
         if self.settings.metrics:
             self.settings.metrics.live_audio_received(seconds)
         self._recognizer().feed(pcm16_to_float(data))
+        self._maybe_start_vad()
         self._maybe_start_pass()
         return False
 
@@ -508,8 +545,34 @@ class Session:
             self.recognizer = StreamingRecognizer(
                 self.settings.vocab, input_rate=self.rate, endpoint_mode=self.endpoint_mode,
                 min_silence_ms=self.min_silence_ms,
-                commit_policy=self.commit_policy if self.v12 else "on_finalize")
+                commit_policy=self.commit_policy if self.v12 else "on_finalize",
+                vad=self.vad)
+            if self.vad:
+                self.vad_stream = VadStream(MODEL_RATE)
         return self.recognizer
+
+    def _maybe_start_vad(self) -> None:
+        lane, stream = self.settings.vad_lane, self.vad_stream
+        if self.vad_task is None and lane is not None and stream is not None and \
+                self.recognizer is not None:
+            audio = self.recognizer.vad_audio()
+            if audio.shape[0]:
+                self.vad_task = asyncio.ensure_future(lane.probabilities(stream, audio))
+
+    async def _vad_done(self) -> None:
+        task, self.vad_task = self.vad_task, None
+        assert task is not None and self.recognizer is not None
+        try:
+            probabilities = task.result()
+        except Exception:
+            log.exception("ws %s: VAD failed", self.rid)
+            await self._send_text(errors.ws_error_message(ErrorCode.INFERENCE_ERROR))
+            return
+        if self.settings.metrics and self.vad_stream is not None:
+            self.settings.metrics.vad_chunks("ws", probabilities, self.vad_stream.hop / MODEL_RATE)
+        self.recognizer.on_vad(probabilities)
+        self._maybe_start_vad()
+        self._maybe_start_pass()
 
     def lag_seconds(self) -> float:
         """Audio received but not yet recognised (``/metrics``)."""
@@ -523,7 +586,7 @@ class Session:
         self.pass_until = self.received_secs
         return asyncio.ensure_future(
             recognize(self.settings.executor, self, job.samples, live=True,
-                      urgent=job.final or self.ending))
+                      urgent=job.final or self.ending, hotwords=self.hotwords))
 
     def _start(self, job: Pass) -> None:
         self.current = job
@@ -531,7 +594,9 @@ class Session:
 
     def _maybe_start_pass(self) -> None:
         if self.pass_task is None and self.recognizer is not None:
-            job = self.recognizer.next_pass()
+            # Ending, a partial can only matter if it may find an endpoint (§9 step 8).
+            job = self.recognizer.next_pass(
+                partials=not self.ending or self.recognizer.endpoints_from_passes)
             if job is not None:
                 self._start(job)
 
@@ -564,8 +629,14 @@ class Session:
         # so this ends once the recognizer has caught up with the buffer. They are urgent from
         # now on: the client waits for its last final behind them.
         self.ending = True
+        # The VAD judges the rest of the audio first: its endpoints, like those of the passes
+        # due, must not depend on how fast the client sent (a few ms per second of audio).
+        while self.vad_task is not None:
+            await asyncio.wait({self.vad_task})
+            await self._vad_done()
         if self.recognizer is not None and not self.recognizer.endpoints_from_passes \
-                and self.pass_task is not None:
+                and self.pass_task is not None and self.current is not None \
+                and not self.current.final:
             # No endpoint can come from a partial now: its result would only be dropped.
             self.pass_task.cancel()
             await asyncio.wait({self.pass_task})
@@ -600,5 +671,7 @@ def session_settings(state: ServerState) -> SessionSettings:
         metrics=state.metrics, checkout_timeout=limits.pool_checkout_timeout_secs,
         idle_timeout=limits.idle_timeout_secs, max_session=limits.max_session_secs,
         frame_max=limits.ws_frame_max_bytes, ping_interval=state.config.ws_ping_secs,
+        vad_lane=state.vad_lane, model_id=state.model.head.model_id,
+        hotwords=state.hotwords, hotwords_boost=state.hotwords_boost,
     )
 

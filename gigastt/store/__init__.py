@@ -8,7 +8,10 @@ import logging
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from gigastt.engine.heads import Head
 
 log = logging.getLogger("gigastt.store")
 
@@ -29,17 +32,25 @@ def prepare_model(
     quantize: bool,
     on_demand: bool,
     stream: TextIO | None = None,
+    int8_only: bool = False,
+    head: Head | None = None,
 ) -> None:
     """Download missing files, then (when ``quantize``) create the INT8 encoder if it is safe to.
 
     ``env`` supplies ``GIGASTT_MODEL_SHA256_FILE`` and ``GIGASTT_DOWNLOAD_RETRIES`` (passed in,
     never read here, so that callers and tests control it). ``on_demand`` (serve, transcribe)
     adds to a download failure which files are missing and how to fetch them by hand.
+    ``int8_only`` (``download --int8-only``) then quantizes whatever encoder is there, as
+    ``gigastt quantize`` does, and deletes the FP32 encoder (docs/decisions.md D53).
     """
-    from gigastt.engine.model import ENCODER_FILE, ENCODER_INT8_FILE, missing_files
+    from gigastt.engine.heads import DEFAULT_HEAD
+    from gigastt.engine.heads import missing as head_missing
 
-    absent = missing_files(model_dir)
-    if not absent and (not quantize or (model_dir / ENCODER_INT8_FILE).is_file()):
+    head = head or DEFAULT_HEAD  # D29: the head chosen by --model-variant
+    absent = head_missing(model_dir, head)
+    if not absent and (not quantize or (model_dir / head.int8).is_file()):
+        if int8_only:
+            keep_int8_only(model_dir, head)
         return  # the usual start: nothing to fetch or create, no settings to read
 
     from gigastt.store.download import ModelSource, ensure_model, progress_for, retry_policy
@@ -50,15 +61,39 @@ def prepare_model(
         source = ModelSource.resolve(model_url, env)
         if absent:
             fetched = ensure_model(model_dir, source, progress=progress_for(stream or sys.stderr),
-                                   policy=retry_policy(env))
+                                   policy=retry_policy(env), head=head)
     except StoreError as exc:
         if not on_demand or not absent:
             raise
         raise StoreError(
             f"{exc}; model files missing in {model_dir}: {', '.join(absent)} (run `gigastt"
-            " download` on a connected machine and copy the directory, or point"
-            " GIGASTT_MODEL_URL at a mirror)"
+            f" download{'' if head is DEFAULT_HEAD else ' --variant ' + head.name}` on a"
+            " connected machine and copy the directory, or point GIGASTT_MODEL_URL at a mirror)"
         ) from exc
-    if quantize:
-        auto_quantize(model_dir, expected_sha256=source.pins.get(ENCODER_FILE),
-                      verified=ENCODER_FILE in fetched)
+    if int8_only:
+        keep_int8_only(model_dir, head)
+    elif quantize:
+        auto_quantize(model_dir, expected_sha256=source.pins.get(head.encoder),
+                      verified=head.encoder in fetched, head=head)
+
+
+def keep_int8_only(model_dir: Path, head: Head | None = None) -> None:
+    """Create the INT8 encoder if it is missing, then delete the FP32 encoder (D53).
+
+    The FP32 file goes only once the INT8 one is under its final name (written whole, then
+    renamed), so an interruption never leaves a directory without an encoder.
+    """
+    from gigastt.engine.heads import DEFAULT_HEAD
+    from gigastt.store.download import model_lock
+    from gigastt.store.quantize import quantize_encoder
+
+    head = head or DEFAULT_HEAD
+    fp32 = model_dir / head.encoder
+    if not (model_dir / head.int8).is_file():
+        quantize_encoder(model_dir, head=head)
+    with model_lock(model_dir):
+        try:
+            fp32.unlink(missing_ok=True)
+        except OSError as exc:
+            raise NotWritableError(f"Cannot delete {fp32}: {exc.strerror}") from exc
+    log.info("INT8-only model directory: %s (FP32 encoder removed)", model_dir)

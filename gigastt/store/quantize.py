@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from gigastt.engine.model import ENCODER_FILE, ENCODER_INT8_FILE
+from gigastt.engine.heads import DEFAULT_HEAD, Head
 from gigastt.store import NotWritableError, StoreError
 from gigastt.store.download import model_lock, sha256_of
 
@@ -96,10 +96,12 @@ def _write_int8(run: Callable[[Path, Path], None], fp32: Path, int8: Path) -> No
              _mb(int8), time.monotonic() - began)
 
 
-def quantize_encoder(model_dir: Path, *, force: bool = False) -> Path | None:
-    """Create ``v3_e2e_rnnt_encoder_int8.onnx``; None when it exists and ``force`` is off."""
-    fp32 = model_dir / ENCODER_FILE
-    int8 = model_dir / ENCODER_INT8_FILE
+def quantize_encoder(model_dir: Path, *, force: bool = False,
+                     head: Head = DEFAULT_HEAD) -> Path | None:
+    """Create ``v3_e2e_rnnt_encoder_int8.onnx`` (or the INT8 file of another head's encoder or
+    CTC model, D29); None when it exists and ``force`` is off."""
+    fp32 = model_dir / head.encoder
+    int8 = model_dir / head.int8
 
     def exists() -> bool:
         if int8.is_file() and not force:
@@ -121,7 +123,8 @@ def quantize_encoder(model_dir: Path, *, force: bool = False) -> Path | None:
     return int8
 
 
-def auto_quantize(model_dir: Path, *, expected_sha256: str | None, verified: bool) -> None:
+def auto_quantize(model_dir: Path, *, expected_sha256: str | None, verified: bool,
+                  head: Head = DEFAULT_HEAD) -> None:
     """The ``serve``/``download`` step: create the INT8 encoder when it is missing and safe to.
 
     Only the pinned encoder (or one named in ``GIGASTT_MODEL_SHA256_FILE``) is quantized
@@ -131,8 +134,8 @@ def auto_quantize(model_dir: Path, *, expected_sha256: str | None, verified: boo
     ``onnx`` package or a read-only directory leaves the FP32 encoder in use (an info/warning
     line, not a failure).
     """
-    fp32 = model_dir / ENCODER_FILE
-    int8 = model_dir / ENCODER_INT8_FILE
+    fp32 = model_dir / head.encoder
+    int8 = model_dir / head.int8
     if int8.is_file():
         return
     if not fp32.is_file():
@@ -151,7 +154,7 @@ def auto_quantize(model_dir: Path, *, expected_sha256: str | None, verified: boo
                      " encoder (custom or test model); run `gigastt quantize` to create it", fp32)
             return
     try:
-        quantize_encoder(model_dir)
+        quantize_encoder(model_dir, head=head)
     except QuantizeUnavailable:
         _no_onnx()  # installed but not importable (a broken or partial install)
     except NotWritableError as exc:

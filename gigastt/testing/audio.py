@@ -139,8 +139,12 @@ def tone_sequence(
     amplitude: float = 0.3,
     rate: int = 16000,
     allow_repeats: bool = False,
+    gains: Sequence[float] | None = None,
 ) -> F32:
     """Audio that the tone model (`models.write_tone_model`) decodes to exactly `tokens`.
+
+    `gains` scales each token's tone (1.0 each by default): a tone scaled down far enough is
+    missed by the model (hotword tests: a phrase missed by a small margin).
 
     Each token is a sine at the centre of its mel band (`models.tone_frequency`), `tone_s` long with
     5 ms raised-cosine ramps, separated by `gap_s` of silence, with `lead_s`/`tail_s` of silence
@@ -165,7 +169,8 @@ def tone_sequence(
     for i, f in enumerate(freqs):
         if i and n_gap:
             parts.append(np.zeros(n_gap))
-        parts.append(amplitude * env * np.sin(2 * np.pi * f * t))
+        gain = 1.0 if gains is None else gains[i]
+        parts.append(gain * amplitude * env * np.sin(2 * np.pi * f * t))
     parts.append(np.zeros(_n_samples(tail_s, rate)))
     return np.concatenate(parts).astype(np.float32)
 

@@ -1,6 +1,6 @@
-"""Generators of GigaAM-v3-compatible RNN-T model directories (small, tone, full-size) for tests.
-Owns the exact graph interface (docs/architecture.md §12), built with onnx.helper and seeded
-numpy weights.
+"""Generators of GigaAM-v3-compatible model directories (small, tone, full-size; every head) for
+tests. Owns the exact graph interface (docs/architecture.md §12), built with onnx.helper and
+seeded numpy weights.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 __all__ = [
+    "CHAR_VOCAB",
     "DECODER",
     "ENCODER",
+    "HEAD_FILES",
     "JOINT",
     "SMALL_VOCAB",
     "TONE_TOKENS",
@@ -39,6 +41,15 @@ DECODER = "v3_e2e_rnnt_decoder.onnx"
 JOINT = "v3_e2e_rnnt_joint.onnx"
 VOCAB = "v3_e2e_rnnt_vocab.txt"
 CONFIG = "config.json"
+# onnx-asr's GigaAM v3 file names per head (D29): RNN-T heads (encoder, decoder, joint, vocab),
+# CTC heads (model, vocab). The plain heads share one letter vocabulary file.
+HEAD_FILES: dict[str, tuple[str, ...]] = {
+    "e2e_rnnt": (ENCODER, DECODER, JOINT, VOCAB),
+    "rnnt": ("v3_rnnt_encoder.onnx", "v3_rnnt_decoder.onnx", "v3_rnnt_joint.onnx",
+             "v3_vocab.txt"),
+    "ctc": ("v3_ctc.onnx", "v3_vocab.txt"),
+    "e2e_ctc": ("v3_e2e_ctc.onnx", "v3_e2e_ctc_vocab.txt"),
+}
 
 OPSET = 17
 IR_VERSION = 8  # the IR version that goes with opset 17
@@ -58,6 +69,10 @@ SMALL_VOCAB: tuple[str, ...] = (
     ",", ".", "?", "!", "2", "0",
     "<blk>",
 )  # fmt: skip
+
+# The plain heads' vocabulary (as the real v3_vocab.txt): the space '▁', the 32 letters а-я
+# (no ё), <blk> last; no <unk>.
+CHAR_VOCAB: tuple[str, ...] = ("▁", *(chr(ord("а") + i) for i in range(32)), "<blk>")
 
 # Tone model (docs/architecture.md §16): token i of TONE_TOKENS fires on mel band 8 + 5 i.
 TONE_TOKENS: tuple[str, ...] = ("▁При", "вет", ",", "▁как", "▁де", "ла", "?", "▁мир", ".", "▁-")
@@ -148,11 +163,11 @@ def _write_vocab(path: Path, vocab: Sequence[str]) -> None:
     path.write_text("".join(f"{p} {i}\n" for i, p in enumerate(vocab)), encoding="utf-8")
 
 
-def _write_config(path: Path, max_tokens_per_step: int) -> None:
+def _write_config(path: Path, max_tokens_per_step: int, head: str = "e2e_rnnt") -> None:
     if max_tokens_per_step < 1:
         raise ValueError(f"max_tokens_per_step must be >= 1, got {max_tokens_per_step}")
     config = {
-        "model_type": "gigaam-v3-e2e-rnnt",
+        "model_type": "gigaam-v3-" + head.replace("_", "-"),
         "features_size": FEATURES,
         "subsampling_factor": 4,
         "version": "v3",
@@ -405,6 +420,14 @@ def _activity_encoder(cfg: _Conformer, rng: np.random.Generator, tune: _Tuning,
     separated by blank runs, as a real transducer does.
     """
     g = _Graph()
+    _activity_frames(g, cfg, rng, tune, sub_gain)
+    _encoded_len(g)
+    return g.model("encoder", *_encoder_io())
+
+
+def _activity_frames(g: _Graph, cfg: _Conformer, rng: np.random.Generator, tune: _Tuning,
+                     sub_gain: float) -> None:
+    """The nodes of ``_activity_encoder`` from ``audio_signal`` to ``encoded``."""
     mean = g.op("ReduceMean", ["audio_signal"], axes=[2], keepdims=1)
     ref = g.op("Max", [mean, g.const("floor", np.float32(tune.level_floor))])
     rel = g.op("Relu", [g.op("Sub", ["audio_signal", ref])])  # [B, 64, T] >= 0
@@ -441,8 +464,6 @@ def _activity_encoder(cfg: _Conformer, rng: np.random.Generator, tune: _Tuning,
     norm = g.op("ReduceL2", [x], axes=[1], keepdims=1)
     x = g.op("Div", [x, g.op("Add", [norm, g.const("eps", np.float32(1e-6))])])
     g.op("Mul", [x, activity], out="encoded")
-    _encoded_len(g)
-    return g.model("encoder", *_encoder_io())
 
 
 def _memory_decoder(vocab: int, slots: int, rng: np.random.Generator, tune: _Tuning) -> Any:
@@ -476,7 +497,7 @@ def _memory_decoder(vocab: int, slots: int, rng: np.random.Generator, tune: _Tun
 
 
 def _activity_joint(d_model: int, vocab: int, slots: int, blank_bias: float,
-                    rng: np.random.Generator, tune: _Tuning) -> Any:
+                    rng: np.random.Generator, tune: _Tuning, has_unk: bool = True) -> Any:
     """Token logit = offset(|enc|) − sharpness·(best score − score) + context − penalty·memory.
 
     Scores come from a hidden layer over the direction enc/|enc| only, standardised over the
@@ -493,7 +514,8 @@ def _activity_joint(d_model: int, vocab: int, slots: int, blank_bias: float,
     we = _normal(rng, (d_model, hdim), 1.0)
     we *= 3.0 / np.sqrt((we**2).sum(axis=0, keepdims=True))  # equal-norm hidden units
     hidden = g.op("Relu", [g.matmul(u, we, None, "je")])
-    n_tok = vocab - 2
+    unk = 1 if has_unk else 0
+    n_tok = vocab - 1 - unk
     wo = _normal(rng, (hdim, n_tok), 1.0)
     for _ in range(3):  # zero mean over hidden units and over tokens, unit-norm columns
         wo -= wo.mean(axis=0, keepdims=True)
@@ -512,7 +534,7 @@ def _activity_joint(d_model: int, vocab: int, slots: int, blank_bias: float,
     silent = g.const("silent", np.float32(tune.silent_logit))
     offset = g.op("Add", [g.scale(activity, span), silent])
     tok = g.op("Add", [rel, offset])
-    pad = g.op("Pad", [tok, g.ints("pads", [0, 1, 0, 1])])  # <unk>, blank columns
+    pad = g.op("Pad", [tok, g.ints("pads", [0, unk, 0, 1])])  # <unk>, blank columns
     n_free = PRED_HIDDEN - slots
     wz = np.zeros((PRED_HIDDEN, vocab), dtype=np.float32)
     ctx = _normal(rng, (n_free, vocab), 1.0)
@@ -524,7 +546,8 @@ def _activity_joint(d_model: int, vocab: int, slots: int, blank_bias: float,
     ids = np.arange(vocab)
     wz[ids % slots, ids] = -tune.repeat_penalty
     bo = np.zeros(vocab, dtype=np.float32)
-    for col, val in ((0, -1000.0), (vocab - 1, blank_bias)):  # <unk> never, blank fixed
+    fixed = ((0, -1000.0),) if has_unk else ()
+    for col, val in (*fixed, (vocab - 1, blank_bias)):  # <unk> never, blank fixed
         wz[:, col] = 0.0
         bo[col] = val
     logits = g.op("Add", [pad, g.matmul(d, wz, bo, "jz")])
@@ -532,22 +555,91 @@ def _activity_joint(d_model: int, vocab: int, slots: int, blank_bias: float,
     return g.model("joint", *_joint_io(d_model, vocab))
 
 
-def _small_models(seed: int, d_model: int, layers: int, heads: int, blank_bias: float,
-                  tune: _Tuning = _TUNING) -> tuple[Any, Any, Any]:
+def _small_config(d_model: int, layers: int, heads: int, tune: _Tuning) -> _Conformer:
     if d_model % heads or (d_model // heads) % 2:
         raise ValueError("d_model must split into heads of even size")
-    vocab = len(SMALL_VOCAB)
-    enc_rng, dec_rng, joint_rng = (np.random.default_rng([seed, i]) for i in range(3))
-    cfg = _Conformer(
+    return _Conformer(
         d_model=d_model, layers=layers, heads=heads, d_ff=4 * d_model, norm=False, bias=False,
         ff_gain=tune.ff_gain, attn_gain=tune.attn_gain, conv_gain=tune.conv_gain,
         qk_gain=tune.qk_gain,
     )
+
+
+def _small_models(seed: int, d_model: int, layers: int, heads: int, blank_bias: float,
+                  tune: _Tuning = _TUNING,
+                  pieces: Sequence[str] = SMALL_VOCAB) -> tuple[Any, Any, Any]:
+    cfg = _small_config(d_model, layers, heads, tune)
+    vocab = len(pieces)
+    enc_rng, dec_rng, joint_rng = (np.random.default_rng([seed, i]) for i in range(3))
     return (
         _activity_encoder(cfg, enc_rng, tune, tune.sub_gain),
         _memory_decoder(vocab, vocab, dec_rng, tune),
-        _activity_joint(d_model, vocab, vocab, blank_bias, joint_rng, tune),
+        _activity_joint(d_model, vocab, vocab, blank_bias, joint_rng, tune,
+                        has_unk=pieces[0] == "<unk>"),
     )
+
+
+def _ctc_io(vocab: int) -> tuple[list[Any], list[Any]]:
+    inputs = [
+        _tensor("features", TensorProto.FLOAT, ["batch_size", FEATURES, "seq_len"]),
+        _tensor("feature_lengths", TensorProto.INT64, ["batch_size"]),
+    ]
+    # the width is declared like the real export's; a test model may leave it dynamic
+    outputs = [_tensor("log_probs", TensorProto.FLOAT, ["batch_size", "frames", vocab])]
+    return inputs, outputs
+
+
+def _ctc_model(seed: int, d_model: int, layers: int, heads: int, blank_bias: float,
+               pieces: Sequence[str], tune: _Tuning = _TUNING,
+               cfg: _Conformer | None = None, sub_gain: float | None = None) -> Any:
+    """A CTC head over the small model's activity encoder: token logit = offset(|enc|) -
+    sharpness·(best score - score) over a hidden layer of the direction enc/|enc|, the blank
+    logit fixed at ``blank_bias``, <unk> never; ``log_probs`` [B, T', V] (log-softmax).
+    ``cfg``/``sub_gain``: another encoder geometry (the full-size one)."""
+    cfg = cfg or _small_config(d_model, layers, heads, tune)
+    d_model = cfg.d_model
+    vocab = len(pieces)
+    has_unk = pieces[0] == "<unk>"
+    enc_rng, head_rng = (np.random.default_rng([seed, 10 + i]) for i in range(2))
+    g = _Graph()
+    g.op("Identity", ["features"], out="audio_signal")
+    _activity_frames(g, cfg, enc_rng, tune, tune.sub_gain if sub_gain is None else sub_gain)
+    x = g.transpose("encoded", (0, 2, 1))  # [B, T', D]
+    activity = g.op("ReduceL2", [x], axes=[2], keepdims=1)  # [B, T', 1]
+    u = g.op("Div", [x, g.op("Add", [activity, g.const("eps", np.float32(1e-6))])])
+    we = _normal(head_rng, (d_model, tune.joint_hidden), 1.0)
+    we *= 3.0 / np.sqrt((we**2).sum(axis=0, keepdims=True))
+    hidden = g.op("Relu", [g.matmul(u, we, None, "je")])
+    n_tok = vocab - (2 if has_unk else 1)
+    wo = _normal(head_rng, (tune.joint_hidden, n_tok), 1.0)
+    for _ in range(3):
+        wo -= wo.mean(axis=0, keepdims=True)
+        wo -= wo.mean(axis=1, keepdims=True)
+        wo /= np.sqrt((wo**2).sum(axis=0, keepdims=True))
+    score = g.op("LayerNormalization", [g.matmul(hidden, wo, None, "jo"),
+                                        g.const("ln_g", np.ones(n_tok)),
+                                        g.const("ln_b", np.zeros(n_tok))],
+                 axis=-1, epsilon=1e-6)
+    best = g.op("ReduceMax", [score], axes=[2], keepdims=1)
+    rel = g.scale(g.op("Sub", [score, best]), tune.sharpness)
+    offset = g.op("Add", [g.scale(activity, tune.top_logit - tune.silent_logit),
+                          g.const("silent", np.float32(tune.silent_logit))])
+    tok = g.op("Add", [rel, offset])
+    unk = 1 if has_unk else 0
+    pad = g.op("Pad", [tok, g.ints("pads", [0, 0, unk, 0, 0, 1])])
+    fixed = np.zeros(vocab, dtype=np.float32)
+    if has_unk:
+        fixed[0] = -1000.0
+    fixed[vocab - 1] = blank_bias
+    logits = g.op("Add", [pad, g.const("fixed", fixed)])
+    g.op("LogSoftmax", [logits], out="log_probs", axis=-1)
+    return g.model("ctc", *_ctc_io(vocab))
+
+
+def _head_vocab(head: str) -> tuple[str, ...]:
+    if head not in HEAD_FILES:
+        raise ValueError(f"unknown head {head!r}; one of {', '.join(HEAD_FILES)}")
+    return CHAR_VOCAB if head in ("rnnt", "ctc") else SMALL_VOCAB
 
 
 def write_small_model(
@@ -559,8 +651,14 @@ def write_small_model(
     heads: int = 4,
     blank_bias: float = 7.0,
     max_tokens_per_step: int = 10,
+    head: str = "e2e_rnnt",
 ) -> Path:
     """Write a tiny GigaAM-v3-compatible model directory (4 model files + config.json).
+
+    ``head`` (D29) picks the files written, under onnx-asr's names: ``e2e_rnnt`` (default),
+    ``rnnt`` (the letter vocabulary ``CHAR_VOCAB``), ``ctc`` (one graph ``features``,
+    ``feature_lengths`` → ``log_probs``, letter vocabulary) or ``e2e_ctc`` (``SMALL_VOCAB``).
+    Several heads may be written into one directory; they share ``config.json``.
 
     Speech decodes to varied text (Golos clips: 0.13-0.40 tokens per 40 ms frame, mean 0.23;
     `speech_like`: ~0.35), in bursts of 1-3 tokens on syllable onsets; digital silence and
@@ -572,12 +670,17 @@ def write_small_model(
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    enc, dec, joint = _small_models(seed, d_model, layers, heads, blank_bias)
-    _save(enc, path / ENCODER)
-    _save(dec, path / DECODER)
-    _save(joint, path / JOINT)
-    _write_vocab(path / VOCAB, SMALL_VOCAB)
-    _write_config(path / CONFIG, max_tokens_per_step)
+    pieces = _head_vocab(head)
+    files = HEAD_FILES[head]
+    if head in ("ctc", "e2e_ctc"):
+        _save(_ctc_model(seed, d_model, layers, heads, blank_bias, pieces), path / files[0])
+    else:
+        enc, dec, joint = _small_models(seed, d_model, layers, heads, blank_bias, pieces=pieces)
+        _save(enc, path / files[0])
+        _save(dec, path / files[1])
+        _save(joint, path / files[2])
+    _write_vocab(path / files[-1], pieces)
+    _write_config(path / CONFIG, max_tokens_per_step, head)
     return path
 
 
@@ -648,15 +751,50 @@ def _tone_models() -> tuple[Any, Any, Any]:
     return encoder, decoder, joint
 
 
-def write_tone_model(path: Path, *, max_tokens_per_step: int = 10) -> Path:
+def _tone_ctc_model() -> Any:
+    """The tone model as a CTC head (D29): token k's logit ReLU(logmel[band_k] + 30), blank 32,
+    <unk> -1000, per encoder frame; a tone's frames collapse into one token."""
+    vocab = len(TONE_VOCAB)
+    g = _Graph()
+    x = "features"
+    eye = np.zeros((FEATURES, FEATURES, 5), dtype=np.float32)
+    eye[np.arange(FEATURES), np.arange(FEATURES), 2] = 1.0
+    for _ in range(2):
+        x = g.op("Conv", [x, g.const("sub_w", eye)], kernel_shape=[5], strides=[2], pads=[2, 2])
+    x = g.transpose(x, (0, 2, 1))  # [B, T', 64]
+    select = np.zeros((FEATURES, vocab), dtype=np.float32)
+    offset = np.zeros(vocab, dtype=np.float32)
+    for k, token in enumerate(TONE_TOKENS, start=1):
+        select[_tone_band(token), k] = 1.0
+        offset[k] = 30.0
+    u = g.op("Relu", [g.matmul(x, select, offset, "band")])
+    fixed = np.zeros(vocab, dtype=np.float32)
+    fixed[0], fixed[vocab - 1] = -1000.0, 32.0
+    logits = g.op("Add", [u, g.const("fixed", fixed)])
+    g.op("LogSoftmax", [logits], out="log_probs", axis=-1)
+    return g.model("ctc", *_ctc_io(vocab))
+
+
+def write_tone_model(path: Path, *, max_tokens_per_step: int = 10,
+                     head: str = "e2e_rnnt") -> Path:
     """Write the deterministic 'tone' model (docs/architecture.md §16).
 
     Token i of TONE_TOKENS is emitted when the log-mel of band 8 + 5 i first exceeds 2 and
     dominates; it is then muted until two other tokens were emitted. Use
     `audio.tone_sequence(tokens)` to synthesise audio that decodes to exactly `tokens`.
+    ``head`` ``e2e_ctc`` (D29) writes the same tones as a CTC model (``v3_e2e_ctc.onnx``),
+    where a token is not muted: the same token twice needs a pause between its tones.
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    if head == "e2e_ctc":
+        files = HEAD_FILES[head]
+        _save(_tone_ctc_model(), path / files[0])
+        _write_vocab(path / files[1], TONE_VOCAB)
+        _write_config(path / CONFIG, max_tokens_per_step, head)
+        return path
+    if head != "e2e_rnnt":
+        raise ValueError("the tone model has heads e2e_rnnt and e2e_ctc only")
     enc, dec, joint = _tone_models()
     _save(enc, path / ENCODER)
     _save(dec, path / DECODER)
@@ -710,45 +848,70 @@ FULL_MEMORY_SLOTS = 280  # LSTM units used as token memory (token k -> unit k mo
 _FULL_TUNING = replace(_TUNING, joint_hidden=PRED_HIDDEN, sharpness=9.0)
 
 
-def _full_models(seed: int, blank_bias: float = 7.0) -> tuple[Any, Any, Any]:
+_FULL_CONFORMER = _Conformer(d_model=FULL_D_MODEL, layers=FULL_LAYERS, heads=FULL_HEADS,
+                             d_ff=FULL_FF, norm=True, bias=True, ff_gain=0.15, attn_gain=0.15,
+                             conv_gain=0.15)
+# The real heads' vocabulary sizes (D29): e2e_rnnt 1025, e2e_ctc 257 (SentencePiece 256 +
+# blank); the plain heads use the 34-entry letter vocabulary.
+FULL_E2E_CTC_VOCAB_SIZE = 257
+
+
+def _full_models(seed: int, blank_bias: float = 7.0,
+                 pieces: Sequence[str] | None = None) -> tuple[Any, Any, Any]:
     enc_rng, dec_rng, joint_rng = (np.random.default_rng([seed, 100 + i]) for i in range(3))
     tune = _FULL_TUNING
-    cfg = _Conformer(d_model=FULL_D_MODEL, layers=FULL_LAYERS, heads=FULL_HEADS, d_ff=FULL_FF,
-                     norm=True, bias=True, ff_gain=0.15, attn_gain=0.15, conv_gain=0.15)
+    cfg = _FULL_CONFORMER
+    vocab = FULL_VOCAB_SIZE if pieces is None else len(pieces)
+    slots = min(FULL_MEMORY_SLOTS, vocab)
     return (
         _activity_encoder(cfg, enc_rng, tune, math.sqrt(2.0)),
-        _memory_decoder(FULL_VOCAB_SIZE, FULL_MEMORY_SLOTS, dec_rng, tune),
-        _activity_joint(FULL_D_MODEL, FULL_VOCAB_SIZE, FULL_MEMORY_SLOTS, blank_bias, joint_rng,
-                        tune),
+        _memory_decoder(vocab, slots, dec_rng, tune),
+        _activity_joint(FULL_D_MODEL, vocab, slots, blank_bias, joint_rng, tune,
+                        has_unk=pieces is None or pieces[0] == "<unk>"),
     )
 
 
-def write_full_model(path: Path, *, seed: int = 0) -> Path:
+def write_full_model(path: Path, *, seed: int = 0, head: str = "e2e_rnnt") -> Path:
     """Write a full-size random-weight model with the real GigaAM v3 geometry (benchmarks only).
 
     Encoder: real conv1d subsampling, 16 conformer layers (d_model 768, 16 heads with rotary
     tables of 5000 positions, ff 3072, conv kernel 5 with LayerNorm) — about 885 MB.
     Decoder: embedding 1025×320 + LSTM 320. Joint: 768/320 → 320 → 1025, log-softmax.
     The weights are random: the text is meaningless, only the compute cost is realistic.
+    ``head`` (D29): the same encoder geometry under another head's files — ``rnnt`` (letter
+    vocabulary, joint 768/320 → 34), ``ctc`` (one graph, 34 outputs) or ``e2e_ctc`` (257).
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    enc, dec, joint = _full_models(seed)
-    _save(dec, path / DECODER)
-    _save(joint, path / JOINT)
-    _save(enc, path / ENCODER)
-    _write_vocab(path / VOCAB, _full_vocab(FULL_VOCAB_SIZE))
-    _write_config(path / CONFIG, 10)
+    files = HEAD_FILES[head]
+    if head == "e2e_rnnt":
+        pieces = _full_vocab(FULL_VOCAB_SIZE)
+    elif head == "e2e_ctc":
+        pieces = _full_vocab(FULL_E2E_CTC_VOCAB_SIZE)
+    else:
+        pieces = CHAR_VOCAB
+    if head in ("ctc", "e2e_ctc"):
+        _save(_ctc_model(seed, FULL_D_MODEL, FULL_LAYERS, FULL_HEADS, 7.0, pieces, _FULL_TUNING,
+                         _FULL_CONFORMER, math.sqrt(2.0)), path / files[0])
+    else:
+        enc, dec, joint = _full_models(seed, pieces=None if head == "e2e_rnnt" else pieces)
+        _save(dec, path / files[1])
+        _save(joint, path / files[2])
+        _save(enc, path / files[0])
+    _write_vocab(path / files[-1], pieces)
+    _write_config(path / CONFIG, 10, head)
     return path
 
 
-def cached_full_model(seed: int = 0) -> Path:
-    """`write_full_model` into `model_cache_dir()/full-seed<seed>`, reused when complete."""
-    path = model_cache_dir() / f"full-seed{seed}"
+def cached_full_model(seed: int = 0, head: str = "e2e_rnnt") -> Path:
+    """`write_full_model` into `model_cache_dir()/full-seed<seed>` (another head:
+    `full-<head>-seed<seed>`), reused when complete."""
+    name = f"full-seed{seed}" if head == "e2e_rnnt" else f"full-{head}-seed{seed}"
+    path = model_cache_dir() / name
     marker = path / ".complete"
     if marker.is_file():
         return path
-    write_full_model(path, seed=seed)
+    write_full_model(path, seed=seed, head=head)
     marker.write_text("1\n", encoding="utf-8")
     return path
 

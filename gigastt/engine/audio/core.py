@@ -10,7 +10,8 @@ import numpy as np
 import numpy.typing as npt
 
 MODEL_RATE = 16000
-MAX_AUDIO_SECONDS = 600.0
+# The decoders' default duration cap: D30's default (4 h); the server passes its own setting.
+MAX_AUDIO_SECONDS = 14_400.0
 # Every rate real audio uses, 8 kHz telephony to 384 kHz studio masters. Outside it, the
 # resampler's filter (taps ∝ input/output rate) would be sized by a number the file claims.
 MIN_RATE = 8000

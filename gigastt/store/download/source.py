@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gigastt.config import ConfigError, parse_uint, read_small_file
+from gigastt.engine.heads import ALL_FILES
 from gigastt.store import StoreError
 
 DEFAULT_BASE_URL = "https://huggingface.co/istupakov/gigaam-v3-onnx/resolve/main"
@@ -24,6 +25,11 @@ SHA256_PINS: Mapping[str, str] = {
     "v3_e2e_rnnt_joint.onnx": "602ff7017a93311aad34df1437c8d7f49911353c13d6eae7a6ee7b041339465c",
     "v3_e2e_rnnt_vocab.txt": "39abae20e692998290c574e606f11a9edef2902a1995463fcff63d1490cf22b7",
 }
+# D28: the optional Silero VAD (silero-vad 6.2.3, MIT). Fetched from the same mirror as the model
+# files when one is set, else from the silero-vad repository; the pin holds either way.
+VAD_FILE = "silero_vad.onnx"
+VAD_SHA256 = "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3"
+VAD_BASE_URL = "https://raw.githubusercontent.com/snakers4/silero-vad/v6.2.3/src/silero_vad/data"
 MODEL_URL_ENV = "GIGASTT_MODEL_URL"
 SHA256_FILE_ENV = "GIGASTT_MODEL_SHA256_FILE"
 RETRIES_ENV = "GIGASTT_DOWNLOAD_RETRIES"
@@ -94,6 +100,18 @@ class ModelSource:
         return where, f"Basic {token}"
 
     @classmethod
+    def resolve_vad(cls, model_url: str | None, env: Mapping[str, str]) -> ModelSource:
+        """Where ``silero_vad.onnx`` comes from: the model mirror when set, else its own
+        repository; its pin (D28), replaced by ``GIGASTT_MODEL_SHA256_FILE`` when that lists it."""
+        pins = {VAD_FILE: VAD_SHA256}
+        manifest = env.get(SHA256_FILE_ENV, "").strip()
+        if manifest:
+            listed = read_sha256_file(Path(manifest))
+            if VAD_FILE in listed:
+                pins[VAD_FILE] = listed[VAD_FILE]
+        return cls(base_url=model_url or VAD_BASE_URL, pins=pins)
+
+    @classmethod
     def resolve(cls, model_url: str | None, env: Mapping[str, str]) -> ModelSource:
         """``model_url`` (flag or ``GIGASTT_MODEL_URL``, resolved by the caller) or Hugging Face;
         the built-in pins, replaced per file by the list named in ``GIGASTT_MODEL_SHA256_FILE``."""
@@ -110,7 +128,8 @@ _SUMS_LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](.+)")
 
 
 def read_sha256_file(path: Path) -> dict[str, str]:
-    """Parse ``sha256sum`` output (``<sha256>  <file>``); names outside the model are ignored.
+    """Parse ``sha256sum`` output (``<sha256>  <file>``); names outside the model files (of any
+    head, D29) are ignored.
 
     Raises DownloadError (unreadable file, not UTF-8, a line that is not a checksum line).
     """
@@ -131,7 +150,7 @@ def read_sha256_file(path: Path) -> dict[str, str]:
         if match is None:
             raise DownloadError(f"{path}:{number}: expected '<sha256>  <file name>'")
         name = Path(match.group(2)).name
-        if name in SHA256_PINS:
+        if name in SHA256_PINS or name == VAD_FILE or name in ALL_FILES:
             pins[name] = match.group(1).lower()
     return pins
 
