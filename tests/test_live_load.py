@@ -43,7 +43,9 @@ def continuous_speech(first: int) -> tuple[np.ndarray, str]:
 async def live_session(server: ServerProcess, audio: np.ndarray, start_at: float,
                        ) -> tuple[list[dict[str, Any]], int | None]:
     """One real-time client under protocol 1.2: 100 ms frames on a fixed schedule, then stop."""
-    ws, _ = await open_session(server)
+    # No keepalive pings: a session held back by the server waits with its socket unread, so a
+    # ping would wait behind its audio too (docs/api.md, back-pressure).
+    ws, _ = await open_session(server, ping_interval=None)
     await ws.send(json.dumps({"type": "configure", "sample_rate": 16000,
                               "protocol_version": "1.2"}))
     received: list[dict[str, Any]] = []
