@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +95,17 @@ class ServerProcess:
             self.proc.kill()
             self.proc.wait()
             raise
+
+
+def serving(model_dir: Path, *args: str,
+            absent: Sequence[str] = ("Traceback",)) -> Iterator[ServerProcess]:
+    """The body of a module-scoped server fixture: the server, then a clean stop (exit 0) with
+    none of ``absent`` in its log."""
+    proc = ServerProcess(model_dir, *args)
+    yield proc
+    assert proc.stop() == 0
+    for text in absent:
+        assert text not in proc.log
 
 
 def scrape_metrics(server: ServerProcess) -> dict[str, float]:

@@ -29,7 +29,7 @@ from gigastt.subtitles import (
     layout,
 )
 from gigastt.testing.audio import silence, tone_sequence, wav_bytes
-from tests.serverproc import ROOT, ServerProcess, parse_response, raw_exchange
+from tests.serverproc import ROOT, ServerProcess, parse_response, raw_exchange, serving
 
 UNSUPPORTED = (b'{"code":"unsupported_format","error":"Unsupported format: use format=json, text,'
                b' srt or vtt, at most once"}')
@@ -222,10 +222,7 @@ def _clip() -> bytes:
 
 @pytest.fixture(scope="module")
 def server(tone_model: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tone_model)
-    yield proc
-    assert proc.stop() == 0
-    assert "Traceback" not in proc.log
+    yield from serving(tone_model)
 
 
 @pytest.fixture(scope="module")

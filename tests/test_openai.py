@@ -22,7 +22,7 @@ import openai
 import pytest
 
 from gigastt.testing.audio import silence, tone_sequence, wav_bytes
-from tests.serverproc import ServerProcess, parse_response, pool_idle, raw_exchange
+from tests.serverproc import ServerProcess, parse_response, pool_idle, raw_exchange, serving
 from tests.wsclient import open_session
 
 PATH = "/v1/audio/transcriptions"
@@ -37,10 +37,7 @@ BOUNDARY = "gigastt-test-boundary"
 
 @pytest.fixture(scope="module")
 def server(tone_model: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tone_model, "--metrics")
-    yield proc
-    assert proc.stop() == 0
-    assert "Traceback" not in proc.log and "connection error" not in proc.log
+    yield from serving(tone_model, "--metrics", absent=("Traceback", "connection error"))
 
 
 @pytest.fixture(autouse=True)

@@ -24,7 +24,7 @@ from gigastt.engine.transcript import Word
 from gigastt.errors import ErrorCode, ws_error_message
 from gigastt.protocol import Configure, parse_control
 from gigastt.testing.audio import silence, tone_sequence, wav_bytes
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, serving
 from tests.wsclient import collect, open_session, pcm16
 
 HELLO = ["▁При", "вет", ",", "▁мир", "."]
@@ -240,10 +240,7 @@ def test_error_messages_are_fixed_and_name_the_values() -> None:
 
 @pytest.fixture(scope="module")
 def server(tone_model: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tone_model)
-    yield proc
-    assert proc.stop() == 0
-    assert "Traceback" not in proc.log
+    yield from serving(tone_model)
 
 
 TWO_PHRASES = np.concatenate([tone_sequence(HELLO), silence(1.5), tone_sequence(HOW),

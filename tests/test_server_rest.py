@@ -16,7 +16,7 @@ import pytest
 
 from gigastt import __version__
 from gigastt.testing.audio import speech_like, wav_bytes
-from tests.serverproc import ServerProcess, get, parse_response, raw_exchange
+from tests.serverproc import ServerProcess, get, parse_response, raw_exchange, serving
 from tests.wsclient import handshake, stream
 
 UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
@@ -24,11 +24,8 @@ UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-
 
 @pytest.fixture(scope="module")
 def server(small_model: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(small_model, "--metrics", "--allow-origin", "https://app.example.com",
-                         "--header-timeout-secs", "2")
-    yield proc
-    assert proc.stop() == 0
-    assert "Traceback" not in proc.log and "connection error" not in proc.log
+    yield from serving(small_model, "--metrics", "--allow-origin", "https://app.example.com",
+                       "--header-timeout-secs", "2", absent=("Traceback", "connection error"))
 
 
 def healthy(server: ServerProcess) -> bool:

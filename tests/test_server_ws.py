@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 
 from gigastt.engine.audio import resample
 from gigastt.testing.audio import silence, speech_like, tone_sequence, wav_bytes
-from tests.serverproc import ServerProcess, pool_idle
+from tests.serverproc import ServerProcess, pool_idle, serving
 from tests.wsclient import (
     close_code,
     collect,
@@ -34,10 +34,7 @@ HOW = ["▁как", "▁де", "ла", "?"]
 
 @pytest.fixture(scope="module")
 def server(tone_model: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tone_model)
-    yield proc
-    assert proc.stop() == 0
-    assert "Traceback" not in proc.log and "connection error" not in proc.log
+    yield from serving(tone_model, absent=("Traceback", "connection error"))
 
 
 def healthy(server: ServerProcess) -> bool:

@@ -19,7 +19,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from gigastt.server.metrics import STATUS_LABELS
 from gigastt.testing.audio import silence
-from tests.serverproc import ServerProcess, parse_response, raw_exchange
+from tests.serverproc import ServerProcess, parse_response, raw_exchange, serving
 from tests.wsclient import close_code, collect, frame, open_session, pcm16, raw_upgrade
 
 METHODS = {"GET", "HEAD", "POST", "OPTIONS", "other"}
@@ -33,11 +33,9 @@ SERIES = re.compile(r'^gigastt_http_requests_total\{method="(.*)",path="(.*)",st
 
 @pytest.fixture(scope="module")
 def server(tone_model: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tone_model, "--metrics", "--pool-size", "1",
-                         "--pool-checkout-timeout-secs", "60")
-    yield proc
-    assert proc.stop() == 0
-    assert "Traceback" not in proc.log and "connection error" not in proc.log
+    yield from serving(tone_model, "--metrics", "--pool-size", "1",
+                       "--pool-checkout-timeout-secs", "60",
+                       absent=("Traceback", "connection error"))
 
 
 def scrape(server: ServerProcess) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from gigastt.engine.vad import SileroVad, VadStream
 from gigastt.engine.vadlane import VadLane
 from gigastt.testing.audio import wav_bytes
 from tests.conftest import SHARED, golos_clips, read_pcm16
-from tests.serverproc import ServerProcess, scrape_metrics
+from tests.serverproc import ServerProcess, scrape_metrics, serving
 from tests.wsclient import collect, open_session, pcm16
 
 VAD_PATH = SHARED / "fixtures" / "vad" / "silero_vad.onnx"
@@ -127,11 +128,8 @@ def test_manual_endpointing_with_a_vad_still_skips_silence(small: Recognizer,
 
 
 @pytest.fixture(scope="module")
-def server(small_model: Path) -> Any:
-    proc = ServerProcess(small_model, "--metrics", "--vad", "on", "--vad-model", str(VAD_PATH))
-    yield proc
-    assert proc.stop() == 0
-    assert "Traceback" not in proc.log
+def server(small_model: Path) -> Iterator[ServerProcess]:
+    yield from serving(small_model, "--metrics", "--vad", "on", "--vad-model", str(VAD_PATH))
 
 
 async def session(server: ServerProcess, audio: np.ndarray, **configure: Any,
