@@ -41,6 +41,15 @@ def read_pcm16(path: Path) -> np.ndarray:
     return np.frombuffer(data, "<i2").astype(np.float32) / 32768.0
 
 
+def long_speech(seconds: float, *, seed: int = 0) -> np.ndarray:
+    """``seconds`` of speech-like audio: a 10 s ``speech_like`` clip repeated, for tests where only
+    the length matters (a busy executor, a big upload); generating it whole costs ~8 ms a second."""
+    from gigastt.testing.audio import speech_like
+
+    base = speech_like(10.0, seed=seed)
+    return np.tile(base, -(-round(seconds * 16000) // base.shape[0]))[: round(seconds * 16000)]
+
+
 requires_golos = pytest.mark.skipif(not GOLOS.is_dir(), reason="shared/fixtures/golos not present")
 
 

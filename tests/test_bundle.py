@@ -4,6 +4,7 @@ built from the package registry; installing them never reaches any index or netw
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -263,17 +264,33 @@ def test_an_installed_gigastt_bundles_the_same_wheel(host_bundle: Built,
 # --- damaged bundles ----------------------------------------------------------------------------
 
 
+def _copy(bundle: Built, into: Path) -> Path:
+    """A copy of the module's bundle for one test to damage. Wheels and model files (tens of MB)
+    are hard links to the original's, plain files all the same to install.sh; every test changes
+    them only by replacing or renaming them, never by writing through the link."""
+
+    def link_or_copy(src: str, dst: str) -> None:
+        if src.endswith((".whl", ".onnx")):
+            with contextlib.suppress(OSError):  # another file system: copied after all
+                os.link(src, dst)
+                return
+        shutil.copy2(src, dst)
+
+    shutil.copytree(bundle.root, into, copy_function=link_or_copy)
+    return into
+
+
 def _flip(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
+    path.unlink()  # a new file: the original may be a hard link of the module's bundle
     path.write_bytes(bytes(data))
 
 
 @pytest.mark.parametrize("victim", ["wheels/onnxruntime-*.whl", f"models/{ENCODER_FILE}"])
 def test_a_flipped_byte_stops_everything(host_bundle: Built, tmp_path: Path,
                                          victim: str) -> None:
-    copy = tmp_path / "bundle"
-    shutil.copytree(host_bundle.root, copy)
+    copy = _copy(host_bundle, tmp_path / "bundle")
     (target,) = copy.glob(victim)
     _flip(target)
     prefix = tmp_path / "prefix"
@@ -285,8 +302,7 @@ def test_a_flipped_byte_stops_everything(host_bundle: Built, tmp_path: Path,
 
 
 def test_an_unlisted_wheel_is_refused(host_bundle: Built, tmp_path: Path) -> None:
-    copy = tmp_path / "bundle"
-    shutil.copytree(host_bundle.root, copy)
+    copy = _copy(host_bundle, tmp_path / "bundle")
     shutil.copy(next((copy / "wheels").glob("h11-*.whl")),
                 copy / "wheels" / "evil-1.0-py3-none-any.whl")
     result = _install(copy, tmp_path / "prefix")
@@ -298,8 +314,7 @@ def test_an_unlisted_wheel_is_refused(host_bundle: Built, tmp_path: Path) -> Non
 def test_a_linked_file_is_refused(host_bundle: Built, tmp_path: Path) -> None:
     """A model file replaced by a symbolic link to the same bytes: its checksum matches, but an
     archive's links may point anywhere, so it is refused."""
-    copy = tmp_path / "bundle"
-    shutil.copytree(host_bundle.root, copy)
+    copy = _copy(host_bundle, tmp_path / "bundle")
     victim = copy / "models" / ENCODER_FILE
     outside = tmp_path / "elsewhere.onnx"
     victim.rename(outside)
@@ -311,8 +326,7 @@ def test_a_linked_file_is_refused(host_bundle: Built, tmp_path: Path) -> None:
 
 
 def test_every_file_it_uses_must_be_listed(host_bundle: Built, tmp_path: Path) -> None:
-    copy = tmp_path / "bundle"
-    shutil.copytree(host_bundle.root, copy)
+    copy = _copy(host_bundle, tmp_path / "bundle")
     sums = (copy / "SHA256SUMS").read_text()
     (copy / "SHA256SUMS").write_text(
         "".join(line for line in sums.splitlines(keepends=True)
@@ -350,8 +364,7 @@ def test_a_failed_move_puts_the_old_installation_back(host_bundle: Built,
 
 def test_a_python_mismatch_names_both(host_bundle: Built, tmp_path: Path) -> None:
     """A bundle re-signed for CPython 3.99 (consistent sums): refused before anything is made."""
-    copy = tmp_path / "bundle"
-    shutil.copytree(host_bundle.root, copy)
+    copy = _copy(host_bundle, tmp_path / "bundle")
     manifest = json.loads((copy / "MANIFEST.json").read_text())
     manifest["python"] = "3.99"
     data = json.dumps(manifest).encode()

@@ -16,14 +16,17 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from gigastt.server.budget import BodyBudget
 from gigastt.server.http import Body, ConnectionDriver, Reply, Request, Response, Timeouts
 from gigastt.testing.audio import speech_like, wav_bytes
-from tests.serverproc import ServerProcess, get, parse_response, raw_exchange
+from tests.conftest import long_speech
+from tests.serverproc import ServerProcess, get, parse_response, raw_exchange, serving
 
 MIB = 1 << 20
 
@@ -59,6 +62,12 @@ def wait_for(predicate: Callable[[], bool], timeout: float, step: float = 0.1) -
 def pool_idle(proc: ServerProcess, total: int) -> bool:
     ready = proc.request("GET", "/ready").json()
     return isinstance(ready, dict) and ready.get("pool_available") == total
+
+
+@pytest.fixture(scope="module")
+def plain(small_model: Path) -> Iterator[ServerProcess]:
+    """A server with the default settings, for the tests that change nothing in it."""
+    yield from serving(small_model)
 
 
 # --- 1. bodies in flight are bounded by --max-inflight-body-mb ---------------------------------
@@ -226,34 +235,28 @@ WS_HEADERS = ("Connection: Upgrade", "Upgrade: websocket", "Sec-WebSocket-Versio
               "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==")
 
 
-def test_websocket_upgrade_over_http_1_0_is_refused(small_model: Path) -> None:
-    proc = ServerProcess(small_model)
-    try:
-        head = "\r\n".join(["GET /v1/ws HTTP/1.0", "Host: x", *WS_HEADERS, "", ""]).encode()
-        with proc.connect() as sock:
-            status, _, body = parse_response(raw_exchange(sock, head, until_close=True))
-        assert status == 400 and b"HTTP/1.1" in body
-        # The same upgrade over HTTP/1.1 is accepted.
-        with proc.connect() as sock:
-            reply = raw_exchange(sock, head.replace(b"HTTP/1.0", b"HTTP/1.1"), timeout=3)
-        assert reply.startswith(b"HTTP/1.1 101 ")
-    finally:
-        assert proc.stop() == 0
+def test_websocket_upgrade_over_http_1_0_is_refused(plain: ServerProcess) -> None:
+    proc = plain
+    head = "\r\n".join(["GET /v1/ws HTTP/1.0", "Host: x", *WS_HEADERS, "", ""]).encode()
+    with proc.connect() as sock:
+        status, _, body = parse_response(raw_exchange(sock, head, until_close=True))
+    assert status == 400 and b"HTTP/1.1" in body
+    # The same upgrade over HTTP/1.1 is accepted.
+    with proc.connect() as sock:
+        reply = raw_exchange(sock, head.replace(b"HTTP/1.0", b"HTTP/1.1"), timeout=3)
+    assert reply.startswith(b"HTTP/1.1 101 ")
 
 
-def test_websocket_upgrade_with_a_body_is_refused_at_once(small_model: Path) -> None:
-    proc = ServerProcess(small_model)
-    try:
-        for framing in ("Content-Length: 10", "Transfer-Encoding: chunked"):
-            head = "\r\n".join(["GET /v1/ws HTTP/1.1", "Host: x", *WS_HEADERS, framing, "", ""])
-            with proc.connect() as sock:  # the body is never sent: the answer must not wait
-                status, headers, body = parse_response(
-                    raw_exchange(sock, head.encode(), until_close=True, timeout=5))
-            assert status == 400 and b"body" in body, framing
-            assert headers["connection"] == "close"
-        assert proc.request("GET", "/health").status == 200
-    finally:
-        assert proc.stop() == 0
+def test_websocket_upgrade_with_a_body_is_refused_at_once(plain: ServerProcess) -> None:
+    proc = plain
+    for framing in ("Content-Length: 10", "Transfer-Encoding: chunked"):
+        head = "\r\n".join(["GET /v1/ws HTTP/1.1", "Host: x", *WS_HEADERS, framing, "", ""])
+        with proc.connect() as sock:  # the body is never sent: the answer must not wait
+            status, headers, body = parse_response(
+                raw_exchange(sock, head.encode(), until_close=True, timeout=5))
+        assert status == 400 and b"body" in body, framing
+        assert headers["connection"] == "close"
+    assert proc.request("GET", "/health").status == 200
 
 
 # --- 5. connections accepted as SIGTERM arrives are answered -------------------------------------
@@ -332,7 +335,7 @@ def test_connections_accepted_around_sigterm_get_answers(small_model: Path) -> N
 def test_idle_timeout_zero_means_no_body_timeout(small_model: Path) -> None:
     proc = ServerProcess(small_model, "--idle-timeout-secs", "0")
     try:
-        body = wav_bytes(speech_like(60.0, seed=8))
+        body = wav_bytes(long_speech(60.0, seed=8))
         assert len(body) > 1_900_000
         with proc.connect(timeout=60) as sock:
             sock.sendall(post_head("/v1/transcribe", len(body)))
@@ -398,38 +401,35 @@ def uuid7_millis(request_id: str) -> int:
     return int(request_id.replace("-", "")[:12], 16)
 
 
-def test_a_pipelined_burst_does_not_hold_other_connections(small_model: Path) -> None:
+def test_a_pipelined_burst_does_not_hold_other_connections(plain: ServerProcess) -> None:
     # Request ids are UUIDv7: their first 48 bits are the millisecond the head was accepted, so
     # the server's own order of work is visible without timing anything here.
     burst = 20_000
-    proc = ServerProcess(small_model)
-    try:
-        pipelined = proc.connect()
-        seen = {"count": 0, "last": ""}
+    proc = plain
+    pipelined = proc.connect()
+    seen = {"count": 0, "last": ""}
 
-        def read_all() -> None:
-            data = b""
-            while seen["count"] < burst:
-                chunk = pipelined.recv(1 << 20)
-                if not chunk:
-                    return
-                data += chunk
-                ids = re.findall(rb"x-request-id: ([0-9a-f-]{36})", data)
-                if ids:
-                    seen["count"] += len(ids)
-                    seen["last"] = ids[-1].decode()
-                    data = data[data.rfind(b"x-request-id: ") + 50 :]
+    def read_all() -> None:
+        data = b""
+        while seen["count"] < burst:
+            chunk = pipelined.recv(1 << 20)
+            if not chunk:
+                return
+            data += chunk
+            ids = re.findall(rb"x-request-id: ([0-9a-f-]{36})", data)
+            if ids:
+                seen["count"] += len(ids)
+                seen["last"] = ids[-1].decode()
+                data = data[data.rfind(b"x-request-id: ") + 50 :]
 
-        reader = threading.Thread(target=read_all)
-        reader.start()
-        pipelined.sendall(get("/health") * burst)
-        assert wait_for(lambda: seen["count"] >= 100, 30)
-        with proc.connect() as other:
-            status, headers, _ = parse_response(raw_exchange(other, get("/health")))
-        reader.join(60)
-        assert status == 200 and seen["count"] == burst
-        assert uuid7_millis(headers["x-request-id"]) < uuid7_millis(str(seen["last"]))
-        pipelined.close()
-    finally:
-        assert proc.stop() == 0
+    reader = threading.Thread(target=read_all)
+    reader.start()
+    pipelined.sendall(get("/health") * burst)
+    assert wait_for(lambda: seen["count"] >= 100, 30)
+    with proc.connect() as other:
+        status, headers, _ = parse_response(raw_exchange(other, get("/health")))
+    reader.join(60)
+    assert status == 200 and seen["count"] == burst
+    assert uuid7_millis(headers["x-request-id"]) < uuid7_millis(str(seen["last"]))
+    pipelined.close()
 

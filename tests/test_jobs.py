@@ -19,9 +19,12 @@ import pytest
 
 from gigastt.jobs.store import AUDIO_DIR, RESULT_DIR, TMP_DIR, is_job_id
 from gigastt.testing import audio
+from tests.conftest import long_speech
 from tests.serverproc import ServerProcess
 
+# Two windows of /v1/transcribe (progress between them); SHORT where the length proves nothing.
 SPEECH = audio.wav_bytes(audio.speech_like(30, seed=11))
+SHORT = audio.wav_bytes(audio.speech_like(4, seed=12))
 
 
 def post_job(server: ServerProcess, data: bytes, query: str = "") -> str:
@@ -125,21 +128,21 @@ def test_other_paths_methods_and_bodies(jobs_server: tuple[ServerProcess, Path])
     reply = server.request("DELETE", "/v1/jobs/" + "0" * 64 + "/result")
     assert reply.status == 405 and reply.headers["allow"] == "GET,HEAD,OPTIONS"
     assert server.request("GET", "/v1/jobs").status == 405
-    reply = server.request("POST", "/v1/jobs?format=xml", SPEECH)
+    reply = server.request("POST", "/v1/jobs?format=xml", SHORT)
     assert reply.status == 400 and error_code(reply) == "unsupported_format"
     reply = server.request("POST", "/v1/jobs", b"")
     assert reply.status == 400 and error_code(reply) == "empty_body"
-    reply = server.request("POST", "/v1/jobs?vad=maybe", SPEECH)
+    reply = server.request("POST", "/v1/jobs?vad=maybe", SHORT)
     assert reply.status == 400 and error_code(reply) == "invalid_vad"  # as /v1/transcribe
-    job_id = post_job(server, SPEECH, "?vad=false&format=text")
+    job_id = post_job(server, SHORT, "?vad=false&format=text")
     wait_for(server, job_id)
     assert server.request("GET", f"/v1/jobs/{job_id}/result").body == server.request(
-        "POST", "/v1/transcribe?vad=false&format=text", SPEECH).body
+        "POST", "/v1/transcribe?vad=false&format=text", SHORT).body
 
 
 def test_delete_cancels_then_removes_then_404(jobs_server: tuple[ServerProcess, Path]) -> None:
     server, jobs_dir = jobs_server
-    done = post_job(server, SPEECH)
+    done = post_job(server, SHORT)
     wait_for(server, done)
     assert (jobs_dir / RESULT_DIR / f"{done}.json").exists()
     assert server.request("DELETE", f"/v1/jobs/{done}").status == 204
@@ -149,8 +152,8 @@ def test_delete_cancels_then_removes_then_404(jobs_server: tuple[ServerProcess, 
         assert reply.status == 404 and error_code(reply) == "job_not_found"
     assert server.request("GET", f"/v1/jobs/{done}/result").status == 404
     # An unfinished job: the first DELETE cancels it, the second removes it.
-    blocker = post_job(server, audio.wav_bytes(audio.speech_like(90, seed=3)))
-    queued = post_job(server, SPEECH)
+    blocker = post_job(server, audio.wav_bytes(long_speech(90, seed=3)))
+    queued = post_job(server, SHORT)
     reply = server.request("DELETE", f"/v1/jobs/{queued}")
     assert reply.status == 200 and json.loads(reply.body)["status"] == "cancelled"
     assert not (jobs_dir / AUDIO_DIR / queued).exists()
@@ -166,13 +169,13 @@ def test_delete_cancels_then_removes_then_404(jobs_server: tuple[ServerProcess, 
         if reply.status == 200:  # else it had just finished: 204, removed
             assert json.loads(reply.body)["status"] == "cancelled"
             assert wait_for(server, blocker, ("cancelled",))["finished"] is not None
-    after = post_job(server, SPEECH)
+    after = post_job(server, SHORT)
     wait_for(server, after)
 
 
 def test_result_before_done_is_409(jobs_server: tuple[ServerProcess, Path]) -> None:
     server, _ = jobs_server
-    job_id = post_job(server, audio.wav_bytes(audio.speech_like(60, seed=4)))
+    job_id = post_job(server, audio.wav_bytes(long_speech(60, seed=4)))
     reply = server.request("GET", f"/v1/jobs/{job_id}/result")
     assert reply.status == 409 and error_code(reply) == "job_not_done"
     wait_for(server, job_id)
@@ -183,7 +186,7 @@ def test_undecodable_audio_fails_clearly_and_the_queue_moves_on(
         jobs_server: tuple[ServerProcess, Path]) -> None:
     server, _ = jobs_server
     bad = post_job(server, b"this is not audio at all")
-    good = post_job(server, SPEECH)
+    good = post_job(server, SHORT)
     failed = wait_for(server, bad, ("failed",))
     assert failed["error"] == {"code": "invalid_audio", "message": "Failed to decode audio file."
                                " Check format (WAV, MP3, M4A, OGG, FLAC supported)."}
@@ -196,7 +199,7 @@ def test_jobs_are_off_without_jobs_dir(small_model: Path) -> None:
     server = ServerProcess(small_model)
     try:
         for method, path in (("POST", "/v1/jobs"), ("GET", "/v1/jobs/" + "0" * 64)):
-            reply = server.request(method, path, SPEECH if method == "POST" else None)
+            reply = server.request(method, path, SHORT if method == "POST" else None)
             assert reply.status == 404 and error_code(reply) == "jobs_disabled"
     finally:
         server.stop()
@@ -210,15 +213,15 @@ def test_job_routes_are_behind_origin_policy_and_api_key(small_model: Path,
                            "--api-key-file", str(key))
     try:
         auth = {"Authorization": "Bearer " + "k" * 32}
-        reply = server.request("POST", "/v1/jobs", SPEECH, headers=auth)
+        reply = server.request("POST", "/v1/jobs", SHORT, headers=auth)
         job_id = json.loads(reply.body)["id"]
         for method, path in (("POST", "/v1/jobs"), ("GET", f"/v1/jobs/{job_id}"),
                              ("GET", f"/v1/jobs/{job_id}/result"),
                              ("GET", f"/v1/jobs/{job_id}/events"),
                              ("DELETE", f"/v1/jobs/{job_id}")):
-            reply = server.request(method, path, SPEECH if method == "POST" else None)
+            reply = server.request(method, path, SHORT if method == "POST" else None)
             assert reply.status == 401 and error_code(reply) == "unauthorized", path
-            reply = server.request(method, path, SPEECH if method == "POST" else None,
+            reply = server.request(method, path, SHORT if method == "POST" else None,
                                    headers={**auth, "Origin": "https://evil.example"})
             assert reply.status == 403 and error_code(reply) == "origin_denied", path
         assert server.request("GET", f"/v1/jobs/{job_id}", headers=auth).status == 200
@@ -230,7 +233,7 @@ def test_job_routes_are_behind_origin_policy_and_api_key(small_model: Path,
 
 
 def test_queue_limit_and_byte_limit(small_model: Path, tmp_path: Path) -> None:
-    long = audio.wav_bytes(audio.speech_like(120, seed=5))
+    long = audio.wav_bytes(long_speech(120, seed=5))
     server = ServerProcess(small_model, "--jobs-dir", str(tmp_path / "jobs"), "--jobs-max", "2",
                            "--jobs-max-bytes", str(3 * len(long)), "--body-limit-bytes",
                            str(8 * len(long)))
@@ -263,7 +266,7 @@ def test_finished_jobs_expire_with_their_files(small_model: Path, tmp_path: Path
     jobs_dir = tmp_path / "jobs"
     server = ServerProcess(small_model, "--jobs-dir", str(jobs_dir), "--jobs-ttl-secs", "1")
     try:
-        job_id = post_job(server, SPEECH)
+        job_id = post_job(server, SHORT)
         wait_for(server, job_id)
         deadline = time.monotonic() + 30
         while server.request("GET", f"/v1/jobs/{job_id}").status == 200:
@@ -295,7 +298,7 @@ class FileSizeLimitedServer(ServerProcess):
 
 def test_a_full_disk_is_507_with_nothing_half_written(small_model: Path, tmp_path: Path) -> None:
     jobs_dir = tmp_path / "jobs"
-    big = audio.wav_bytes(audio.speech_like(100, seed=6))  # 3.2 MB
+    big = audio.wav_bytes(long_speech(100, seed=6))  # 3.2 MB
     server = FileSizeLimitedServer(small_model, "--jobs-dir", str(jobs_dir), limit=2_000_000)
     try:
         reply = server.request("POST", "/v1/jobs", big)
@@ -304,15 +307,15 @@ def test_a_full_disk_is_507_with_nothing_half_written(small_model: Path, tmp_pat
         with sqlite3.connect(f"file:{jobs_dir / 'jobs.sqlite3'}?mode=ro", uri=True) as db:
             assert db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 0
         # Nothing is left broken: a job that fits still runs.
-        wait_for(server, post_job(server, SPEECH))
+        wait_for(server, post_job(server, SHORT))
     finally:
         server.stop()
 
 
 def test_kill_9_loses_no_accepted_job(small_model: Path, tmp_path: Path) -> None:
     jobs_dir = tmp_path / "jobs"
-    clips = [audio.wav_bytes(audio.speech_like(seconds, seed=20 + i))
-             for i, seconds in enumerate((90, 40, 40))]
+    clips = [audio.wav_bytes(long_speech(seconds, seed=20 + i))
+             for i, seconds in enumerate((90, 10, 10))]
     server = ServerProcess(small_model, "--jobs-dir", str(jobs_dir))
     try:
         ids = [post_job(server, clip) for clip in clips]
@@ -338,8 +341,8 @@ def test_damaged_audio_on_disk_fails_clearly_without_blocking_the_queue(
     jobs_dir = tmp_path / "jobs"
     server = ServerProcess(small_model, "--jobs-dir", str(jobs_dir))
     try:
-        first = post_job(server, audio.wav_bytes(audio.speech_like(90, seed=7)))
-        damaged, missing, last = (post_job(server, SPEECH) for _ in range(3))
+        first = post_job(server, audio.wav_bytes(long_speech(90, seed=7)))
+        damaged, missing, last = (post_job(server, SHORT) for _ in range(3))
     finally:
         # A graceful stop this time: the running job is left `running` and redone, as after
         # kill -9.

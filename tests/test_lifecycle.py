@@ -15,7 +15,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from gigastt.engine.audio import resample
-from gigastt.testing.audio import silence, speech_like, tone_sequence, wav_bytes
+from gigastt.testing.audio import silence, tone_sequence, wav_bytes
+from tests.conftest import long_speech
 from tests.serverproc import ServerProcess
 from tests.wsclient import collect, open_session, pcm16
 
@@ -87,7 +88,7 @@ def test_s3_mid_utterance_final_is_the_transcript_of_the_audio_so_far(
 
 def test_s2_s4_sse_stream_ends_cleanly_on_sigterm(small_model: Path) -> None:
     proc = ServerProcess(small_model)
-    body = wav_bytes(speech_like(60.0, seed=5))
+    body = wav_bytes(long_speech(60.0, seed=5))
     sock = proc.connect(timeout=20)
     sock.sendall(f"POST /v1/transcribe/stream HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}"
                  "\r\n\r\n".encode() + body)
@@ -150,7 +151,7 @@ def test_max_session_zero_means_no_cap(tone_model: Path) -> None:
 
 def test_s6_queued_request_gets_pool_closed_and_occupiers_complete(medium_model: Path) -> None:
     proc = ServerProcess(medium_model, "--threads", "1", "--shutdown-drain-secs", "60")
-    body = wav_bytes(speech_like(120.0, seed=2))
+    body = wav_bytes(long_speech(120.0, seed=2))
     results: dict[str, Any] = {}
 
     def post(name: str) -> None:
@@ -203,7 +204,7 @@ def test_new_upgrades_and_ready_during_drain(tone_model: Path) -> None:
 
 def test_second_signal_is_ignored_and_window_expiry_is_logged(medium_model: Path) -> None:
     proc = ServerProcess(medium_model, "--threads", "1", "--shutdown-drain-secs", "1")
-    body = wav_bytes(speech_like(600.0, seed=1))
+    body = wav_bytes(long_speech(600.0, seed=1))
     done: dict[str, Any] = {}
 
     def post() -> None:

@@ -1,5 +1,5 @@
 """Live streams beyond capacity: twice the measured capacity of real-time sessions of continuous
-speech for 60 s against one server; nothing is lost, nobody starves, everything returns to idle.
+speech for 40 s against one server; nothing is lost, nobody starves, everything returns to idle.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from tests.wsclient import collect, open_session, pcm16
 HELLO = ["▁При", "вет", ",", "▁мир", "."]
 HOW = ["▁как", "▁де", "ла", "?"]
 PHRASES = {"Привет,мир.": HELLO, "какдела?": HOW}
-SECONDS = 60.0
+# Past one 20 s utterance cap, so each session has a cap cut and the final that `stop` asks for;
+# long enough that a session held back 8 s per pass still gets 5 partials.
+SECONDS = 40.0
 FRAME = 1600  # 100 ms at 16 kHz
 
 
@@ -74,7 +76,7 @@ def check_session(messages: list[dict[str, Any]], text: str, close_code: int | N
     assert sum(m["type"] == "partial" for m in messages) >= 5
     finals = [m for m in messages if m["type"] == "final"]
     assert finals and finals[-1]["endpoint_reason"] == "stop"
-    assert {f["endpoint_reason"] for f in finals[:-1]} <= {"cap"}
+    assert {f["endpoint_reason"] for f in finals[:-1]} == {"cap"}  # at least one cap cut
     # A cap cut may fall between two tokens of a word: compare without spaces.
     assert "".join(f["text"] for f in finals).replace(" ", "") == text
     committed = ""

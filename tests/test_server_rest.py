@@ -16,6 +16,7 @@ import pytest
 
 from gigastt import __version__
 from gigastt.testing.audio import speech_like, wav_bytes
+from tests.conftest import long_speech
 from tests.serverproc import ServerProcess, get, parse_response, raw_exchange, serving
 from tests.wsclient import handshake, stream
 
@@ -409,7 +410,7 @@ def test_event_loop_stays_responsive_while_the_executor_is_busy(
     model = write_small_model(tmp_path_factory.mktemp("medium"), d_model=256, layers=4)
     proc = ServerProcess(model, "--threads", "1")
     try:
-        body = wav_bytes(speech_like(60.0, seed=4))
+        body = wav_bytes(long_speech(60.0, seed=4))
         statuses: list[int] = []
         uploads = [threading.Thread(target=lambda: statuses.append(
             proc.request("POST", "/v1/transcribe", body, timeout=120).status))
