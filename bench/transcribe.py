@@ -23,11 +23,11 @@ process (so that its peak RSS is its own):
 
 The exported encoder cannot take more than 200 s (5000 rotary positions) and long inputs are
 better recognised in windows anyway, so onnx-asr and the floor are given exactly the windows our
-recognizer cuts (``split_windows``: ≤ 20 s, cut at the quietest frame): the three do the same
-encoder work. The three children are loaded one after the other and each makes one warm-up pass
-(excluded); then ``--runs`` rounds, each timing one pass of every contender in rotated order, so
-that drift on a shared machine hits all three alike. The table shows the medians and their
-ratios. Benchmarks, not tests: no timing is asserted anywhere.
+recognizer cuts (``split_windows``: ≤ 20 s with their context, cut at the quietest frame): the
+three do the same encoder work. The three children are loaded one after the other and each makes
+one warm-up pass (excluded); then ``--runs`` rounds, each timing one pass of every contender in
+rotated order, so that drift on a shared machine hits all three alike. The table shows the
+medians and their ratios. Benchmarks, not tests: no timing is asserted anywhere.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def _load_audio(spec: str) -> list[F32]:
 def _windows(samples: F32) -> list[F32]:
     from gigastt.engine.recognizer import split_windows
 
-    return [samples[w.start : w.stop] for w in split_windows(samples)]
+    return [samples[w.audio_start : w.audio_stop] for w in split_windows(samples)]
 
 
 class _Ours:

@@ -300,12 +300,19 @@ def _quantize(model_dir: Path, force: bool, variant: str = "auto") -> int:
 
 
 def _transcribe(args: argparse.Namespace, model_url: str | None) -> int:
-    from gigastt.engine.audio import MODEL_RATE, AudioError, load_audio
+    from gigastt.engine.audio import (
+        MODEL_RATE,
+        AudioError,
+        expected_samples,
+        model_blocks,
+        open_audio,
+    )
     from gigastt.engine.heads import resolve
     from gigastt.engine.hotwords import HotwordsError, compile_phrases, read_file
     from gigastt.engine.model import GigaamModel, ModelError
-    from gigastt.engine.recognizer import Recognizer, split_windows, transcript_of
+    from gigastt.engine.recognizer import Recognizer, own_words, transcript_of
     from gigastt.engine.transcript import Word
+    from gigastt.engine.windows import FileWindows, VadPass
     from gigastt.progress import TerminalProgress
     from gigastt.store import StoreError, prepare_model
 
@@ -316,13 +323,11 @@ def _transcribe(args: argparse.Namespace, model_url: str | None) -> int:
     except HotwordsError as exc:
         raise RuntimeFailure(str(exc)) from exc
     try:
-        data = args.file.read_bytes()
+        cap = float(args.max_audio_secs) if args.max_audio_secs else math.inf  # 0: no cap
+        # The header only: the samples are read from disk window by window (D30).
+        source = open_audio(args.file, max_seconds=cap)
     except OSError as exc:
         raise RuntimeFailure(f"cannot read {args.file}: {exc.strerror}") from exc
-    try:
-        cap = float(args.max_audio_secs) if args.max_audio_secs else math.inf  # 0: no cap
-        samples = load_audio(data, max_seconds=cap)
-        del data
     except AudioError as exc:
         raise RuntimeFailure(f"invalid audio: {exc}") from exc
     try:
@@ -337,27 +342,35 @@ def _transcribe(args: argparse.Namespace, model_url: str | None) -> int:
     except ModelError as exc:
         raise RuntimeFailure(str(exc)) from exc
     hotwords = compile_phrases(phrases, recognizer.model.vocab, args.hotwords_boost)
-    # Window by window, as Recognizer.transcribe does, so that progress can be shown: a line
+    # Window by window, as the server's file routes do, so that progress can be shown: a line
     # on a terminal, nothing on a pipe or file (README "Command line"), a summary in the log.
-    total = samples.shape[0]
-    seconds = total / MODEL_RATE
-    progress = (TerminalProgress(sys.stderr, seconds)
-                if sys.stderr.isatty() and log.isEnabledFor(logging.ERROR) else None)
+    expected = expected_samples(source)
+    progress = (TerminalProgress(sys.stderr, expected / MODEL_RATE)
+                if expected and sys.stderr.isatty() and log.isEnabledFor(logging.ERROR)
+                else None)
     started = time.monotonic()
     words: list[Word] = []
-    if vad is not None:  # D28: pauses skipped, windows cut inside them
-        from gigastt.engine.windows import vad_plan
-
-        windows = vad_plan(vad, samples).windows
-    else:
-        windows = split_windows(samples)
-    for window in windows:
-        words += recognizer.window_words(samples, window, hotwords)
-        if progress is not None:
-            progress.update(window.stop / total)
+    try:
+        spans = None
+        if vad is not None:  # D28: the VAD reads the file first; pauses are skipped
+            reading = VadPass()
+            for block in model_blocks(source):
+                reading.feed(vad, block)
+            spans, _ = reading.finish(vad)
+        windows = FileWindows(model_blocks(source), spans)
+        for window, audio in windows:
+            tokens = recognizer.tokens(audio, hotwords)
+            words += own_words(recognizer.model.vocab, window, tokens)[1]
+            if progress is not None and expected:
+                progress.update(min(1.0, window.stop / expected))
+    except OSError as exc:
+        raise RuntimeFailure(f"cannot read {args.file}: {exc.strerror}") from exc
+    except AudioError as exc:
+        raise RuntimeFailure(f"invalid audio: {exc}") from exc
     if progress is not None:
         progress.finish()
-    transcript = transcript_of(words, total)
+    transcript = transcript_of(words, windows.samples)
+    seconds = windows.samples / MODEL_RATE
     elapsed = time.monotonic() - started
     log.info("transcribed %.1f s of audio into %d words in %.1f s (real-time factor %.3f)",
              seconds, len(transcript.words), elapsed, elapsed / seconds if seconds else 0.0)

@@ -56,6 +56,9 @@ HOTWORDS_FILE_MAX = 1024
 HOTWORDS_REQUEST_MAX = 64
 HOTWORD_MAX_CHARS = 64
 HOTWORDS_BOOST = 3.0
+# A file's per-phrase weight multiplies the boost: bounded so that boost × weight stays a finite
+# nudge (at most 10 × HOTWORDS_BOOST_MAX nats), never a number that swamps every score.
+HOTWORD_MAX_WEIGHT = 10.0
 
 
 def default_model_dir() -> Path:
@@ -520,8 +523,8 @@ def add_hotwords_arguments(parser: argparse.ArgumentParser) -> None:
     ``transcribe``."""
     parser.add_argument("--hotwords-file", type=Path, default=None, metavar="PATH",
                         help="phrases to bias recognition towards: UTF-8, one per line,"
-                             f" optionally TAB and a positive weight; at most"
-                             f" {HOTWORDS_FILE_MAX} (env GIGASTT_HOTWORDS_FILE)")
+                             f" optionally TAB and a weight (0, {HOTWORD_MAX_WEIGHT:g}]; at"
+                             f" most {HOTWORDS_FILE_MAX} (env GIGASTT_HOTWORDS_FILE)")
     parser.add_argument("--hotwords-boost", type=_boost_type, default=None, metavar="NATS",
                         help=f"log-probability added to a phrase token (env"
                              f" GIGASTT_HOTWORDS_BOOST, default {HOTWORDS_BOOST})")

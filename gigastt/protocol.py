@@ -358,11 +358,8 @@ def sse_segment(
     )
 
 
-def sse_error() -> str:
-    return dumps(
-        {"code": "inference_error", "message": "Transcription failed.", "type": "error"},
-        sort_keys=True,
-    )
+def sse_error(code: str = "inference_error", message: str = "Transcription failed.") -> str:
+    return dumps({"code": code, "message": message, "type": "error"}, sort_keys=True)
 
 
 def rest_error(code: str, message: str, retry_after_ms: int | None = None) -> str:

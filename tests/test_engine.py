@@ -145,12 +145,18 @@ def test_split_windows_cuts_long_audio_at_quiet_frames_on_the_frame_grid() -> No
     quiet = 17 * 16000 + 5 * FRAME_SAMPLES
     samples[quiet : quiet + FRAME_SAMPLES] = 0.0
     windows = split_windows(samples)
-    assert windows[0] == Window(0, quiet + FRAME_SAMPLES)
+    # 1 s of context either side of each cut: own audio at most 18 s, all of it at most 20 s.
+    assert windows[0] == Window(0, quiet + FRAME_SAMPLES, before=0, after=16000)
     assert all(w.start % FRAME_SAMPLES == 0 for w in windows)
-    assert all(w.stop - w.start <= 20 * 16000 for w in windows)
+    assert all(w.audio_stop - w.audio_start <= 20 * 16000 for w in windows)
     assert [w.start for w in windows[1:]] == [w.stop for w in windows[:-1]]
-    assert windows[-1].stop == len(samples)
+    assert all(w.before == 16000 for w in windows[1:])
+    assert all(w.after == 16000 for w in windows[:-1])
+    assert windows[-1].stop == len(samples) and windows[-1].after == 0
     assert split_windows(samples[: 20 * 16000]) == [Window(0, 20 * 16000)]
+    no_context = split_windows(samples, context_seconds=0)
+    assert no_context[0] == Window(0, quiet + FRAME_SAMPLES)
+    assert all(w.stop - w.start <= 20 * 16000 for w in no_context)
 
 
 @requires_golos
@@ -165,10 +171,14 @@ def test_long_audio_words_are_continuous_across_windows(recognizer: Recognizer) 
     starts = [w.start for w in result.words]
     assert starts == sorted(starts) and result.words[-1].end <= result.duration
     expected = []
+    vocab = recognizer.model.vocab
     for window in windows:
-        piece = recognizer.transcribe(samples[window.start : window.stop])
-        offset = window.start / 16000
-        expected += [(w.word, round(w.start + offset, 6)) for w in piece.words]
+        # Each window's audio with its context; its tokens those in its own part.
+        tokens = recognizer.tokens(samples[window.audio_start : window.audio_stop])
+        first = window.audio_start // FRAME_SAMPLES
+        own = [t for t in tokens
+               if window.start <= (first + t.frame) * FRAME_SAMPLES < window.stop]
+        expected += [(w.word, round(w.start, 6)) for w in vocab.words(own, frame_offset=first)]
     assert [(w.word, round(w.start, 6)) for w in result.words] == expected
 
 

@@ -339,7 +339,8 @@ def test_download_variant_uses_the_operators_checksums(letter_heads: Path,
     ("".join(f"w{i}\n" for i in range(1025)).encode(), "has more than 1024 phrases"),
     (("ok\n" + "я" * 65 + "\n").encode(), "line 2 is 65 characters long; a hotword phrase may"
                                            " have at most 64"),
-    ("сбер\t-1\n".encode(), "line 1: the weight after the TAB must be a positive number"),
+    ("сбер\t-1\n".encode(), "line 1: the weight after the TAB must be a number above 0 and"
+                            " at most 10"),
 ])
 def test_bad_hotwords_files_are_precise_errors(content: bytes, message: str, tone_heads: Path,
                                                tmp_path: Path) -> None:

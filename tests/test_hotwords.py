@@ -248,3 +248,19 @@ def test_ctc_beam_search_with_a_negligible_boost_is_greedy_decoding(
         assert [(t.id, t.frame) for t in biased] == [(t.id, t.frame) for t in greedy], clip.name
         checked += 1
     assert checked > 5
+
+
+@pytest.mark.parametrize(("weight", "ok"), [
+    ("10", True), ("0.5", True), ("10.5", False), ("1e300", False), ("inf", False),
+    ("nan", False), ("0", False), ("-2", False), ("heavy", False),
+])
+def test_file_weights_are_bounded(weight: str, ok: bool) -> None:
+    from gigastt.engine.hotwords import parse_file
+
+    data = f"сбер\t{weight}\n".encode()
+    if ok:
+        assert parse_file(data)[0].weight == float(weight)
+    else:
+        with pytest.raises(HotwordsError, match=r"line 1: the weight after the TAB must be a"
+                                                 r" number above 0 and at most 10$"):
+            parse_file(data)

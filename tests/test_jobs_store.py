@@ -20,9 +20,9 @@ from gigastt.jobs.store import (
     StorageFull,
     StoreError,
     StoreThread,
+    audio_file,
     is_job_id,
     new_job_id,
-    read_audio,
     stage_file,
 )
 
@@ -154,13 +154,13 @@ def test_damaged_or_missing_audio_is_detected(tmp_path: Path) -> None:
     store = JobStore(tmp_path)
     job_id = _add(store, b"RIFF" + bytes(100))
     job = store.get(job_id)
-    assert job is not None and read_audio(tmp_path, job) == b"RIFF" + bytes(100)
+    assert job is not None and audio_file(tmp_path, job).read_bytes() == b"RIFF" + bytes(100)
     (tmp_path / AUDIO_DIR / job_id).write_bytes(b"RIFF" + bytes(99) + b"\x01")
     with pytest.raises(AudioDamaged, match="damaged"):
-        read_audio(tmp_path, job)
+        audio_file(tmp_path, job)
     (tmp_path / AUDIO_DIR / job_id).unlink()
     with pytest.raises(AudioDamaged, match="missing"):
-        read_audio(tmp_path, job)
+        audio_file(tmp_path, job)
 
 
 def test_expiry_removes_finished_jobs_with_their_files(tmp_path: Path) -> None:

@@ -33,6 +33,28 @@ def pcm16_wav(silence_secs: float, clip: np.ndarray) -> bytes:
     return out.getvalue()
 
 
+def wav_form(data: bytes, *, stream: bool = False) -> bytes:
+    """An OpenAI-route form with ``data`` as the file (and ``stream=true``)."""
+    fields = b"--b\r\nContent-Disposition: form-data; name=\"stream\"\r\n\r\ntrue\r\n"
+    return ((fields if stream else b"") + b"--b\r\nContent-Disposition: form-data; "
+            b"name=\"file\"; filename=\"a.wav\"\r\n\r\n" + data + b"\r\n--b--\r\n")
+
+
+FORM = {"Content-Type": "multipart/form-data; boundary=b"}
+
+
+def job_error(server: ServerProcess, data: bytes) -> str:
+    """Submit ``data`` as a job, wait for it to fail, and return its error code."""
+    job = json.loads(server.request("POST", "/v1/jobs", data).body)["id"]
+    deadline = time.monotonic() + 120
+    while (state := json.loads(server.request("GET", f"/v1/jobs/{job}").body))[
+            "status"] != "failed":
+        assert time.monotonic() < deadline and state["status"] in ("queued", "running")
+        time.sleep(0.05)
+    code: str = state["error"]["code"]
+    return code
+
+
 def gigastt(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     import os
 
@@ -72,18 +94,9 @@ def test_the_cap_is_configurable_and_keeps_each_routes_status(small_model: Path,
         assert reply.status == 422 and json.loads(reply.body)["code"] == "transcription_error"
         reply = server.request("POST", "/v1/transcribe/stream", over)
         assert reply.status == 422 and json.loads(reply.body)["code"] == "invalid_audio"
-        form = (b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n"
-                b"\r\n" + over + b"\r\n--b--\r\n")
-        reply = server.request("POST", "/v1/audio/transcriptions", form,
-                               headers={"Content-Type": "multipart/form-data; boundary=b"})
+        reply = server.request("POST", "/v1/audio/transcriptions", wav_form(over), headers=FORM)
         assert reply.status == 422 and json.loads(reply.body)["error"]["code"] == "invalid_audio"
-        job = json.loads(server.request("POST", "/v1/jobs", over).body)["id"]
-        deadline = time.monotonic() + 60
-        while (state := json.loads(server.request("GET", f"/v1/jobs/{job}").body))[
-                "status"] != "failed":
-            assert time.monotonic() < deadline and state["status"] in ("queued", "running")
-            time.sleep(0.05)
-        assert state["error"]["code"] == "audio_too_long"
+        assert job_error(server, over) == "audio_too_long"
         # A reload applies a new cap to the next request (D12), like the other limits.
         config.write_text("max_audio_secs = 30\n")
         server.signal(signal.SIGHUP)
@@ -113,3 +126,67 @@ def test_cli_cap_flag_environment_and_zero(small_model: Path, tmp_path: Path) ->
                       (base, {"GIGASTT_MAX_AUDIO_SECS": "ten"})):
         result = gigastt(*args, env=env)
         assert result.returncode == 2 and "usage:" in result.stderr
+
+
+def peak_rss_mb(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run ``gigastt ARGS`` and read its peak resident memory (its own, from its parent)."""
+    wrapper = ("import resource, subprocess, sys;"
+               "r = subprocess.run([sys.executable, '-m', 'gigastt', *sys.argv[1:]],"
+               " capture_output=True, text=True);"
+               "sys.stdout.write(r.stdout); sys.stderr.write(r.stderr);"
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr);"
+               "sys.exit(r.returncode)")
+    result = subprocess.run([sys.executable, "-c", wrapper, *args], capture_output=True,
+                            text=True, timeout=600, cwd=ROOT)
+    return result, int(result.stderr.strip().splitlines()[-1]) / 1024
+
+
+def test_cli_memory_does_not_grow_with_the_recording(small_model: Path, tmp_path: Path) -> None:
+    # D30: a WAV on disk is read window by window. 20 minutes as one float32 array at 16 kHz
+    # would be 77 MB, plus the 38 MB file read whole; both show in the peak if anyone does it.
+    clip = audio.speech_like(20, seed=6)
+    short, long = tmp_path / "short.wav", tmp_path / "long.wav"
+    short.write_bytes(pcm16_wav(40, clip))
+    long.write_bytes(pcm16_wav(20 * 60 - 20, clip))
+    peaks = {}
+    for path in (short, long):
+        result, peaks[path] = peak_rss_mb("transcribe", str(path), "--model-dir",
+                                          str(small_model), "--format", "json")
+        assert result.returncode == 0, result.stderr
+        words = json.loads(result.stdout)["words"]
+        assert words and all(w["start"] >= (path.stat().st_size - 44) / 32000 - 20.04
+                             for w in words)
+    assert peaks[long] < peaks[short] + 25, peaks
+
+
+def test_bad_samples_late_in_a_file_fail_every_route_precisely(small_model: Path,
+                                                               tmp_path: Path) -> None:
+    # The header is fine; the NaN is only met when decoding reaches 50 s, after windows were
+    # recognised (and, on the event streams, sent): each route still names the audio.
+    x = audio.speech_like(60, seed=7).astype(np.float32)
+    x[16000 * 50] = np.nan
+    bad = audio.wav_bytes(x, 16000, sample_format="float32")
+    server = ServerProcess(small_model, "--jobs-dir", str(tmp_path / "jobs"))
+    try:
+        reply = server.request("POST", "/v1/transcribe", bad)
+        assert reply.status == 422 and json.loads(reply.body)["code"] == "transcription_error"
+        reply = server.request("POST", "/v1/transcribe/stream", bad)
+        assert reply.status == 200
+        events = [json.loads(line[6:]) for line in reply.body.decode().splitlines()
+                  if line.startswith("data: ")]
+        assert events[-1] == {"code": "invalid_audio", "type": "error",
+                              "message": "Failed to decode audio file. Check format (WAV, MP3,"
+                                         " M4A, OGG, FLAC supported)."}
+        assert any(e["type"] in ("partial", "final") for e in events[:-1])
+        reply = server.request("POST", "/v1/audio/transcriptions", wav_form(bad), headers=FORM)
+        assert reply.status == 422 and json.loads(reply.body)["error"]["code"] == "invalid_audio"
+        reply = server.request("POST", "/v1/audio/transcriptions", wav_form(bad, stream=True),
+                               headers=FORM)
+        last = [line for line in reply.body.decode().splitlines() if line.startswith("data: ")][-1]
+        assert json.loads(last[6:])["error"]["code"] == "invalid_audio"
+        assert job_error(server, bad) == "invalid_audio"
+        good = audio.wav_bytes(x[: 16000 * 40], 16000, sample_format="float32")
+        assert server.request("POST", "/v1/transcribe", good).status == 200
+    finally:
+        assert server.stop() == 0
+    assert "Traceback" not in server.log

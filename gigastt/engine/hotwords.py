@@ -14,6 +14,7 @@ import numpy.typing as npt
 
 from gigastt.config import (
     HOTWORD_MAX_CHARS,
+    HOTWORD_MAX_WEIGHT,
     HOTWORDS_FILE_MAX,
     HOTWORDS_REQUEST_MAX,
     read_small_file,
@@ -50,7 +51,7 @@ def _check_length(text: str, where: str) -> None:
 
 
 def parse_file(data: bytes, name: str = "hotwords file") -> list[Phrase]:
-    """``--hotwords-file``: UTF-8, one phrase per line, optionally a TAB and a positive weight;
+    """``--hotwords-file``: UTF-8, one phrase per line, optionally a TAB and a weight (0, 10];
     blank lines are skipped. At most HOTWORDS_FILE_MAX phrases of HOTWORD_MAX_CHARS characters.
     Messages name the line, never its text (hotwords may be private: docs/runbook.md)."""
     try:
@@ -72,9 +73,10 @@ def parse_file(data: bytes, name: str = "hotwords file") -> list[Phrase]:
                 weight = float(weight_text.strip())
             except ValueError:
                 weight = math.nan
-            if not (math.isfinite(weight) and weight > 0):
+            if not 0 < weight <= HOTWORD_MAX_WEIGHT:  # NaN fails too
                 raise HotwordsError(BAD_FILE, f"{name} line {number}: the weight after the TAB"
-                                              " must be a positive number")
+                                              f" must be a number above 0 and at most"
+                                              f" {HOTWORD_MAX_WEIGHT:g}")
         phrases.append(Phrase(phrase, weight))
         if len(phrases) > HOTWORDS_FILE_MAX:
             raise HotwordsError(TOO_MANY, f"{name} has more than {HOTWORDS_FILE_MAX} phrases")

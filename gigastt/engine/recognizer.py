@@ -22,7 +22,7 @@ from gigastt.engine.decoding import (
 from gigastt.engine.features import SAMPLE_RATE, log_mel
 from gigastt.engine.hotwords import Hotwords
 from gigastt.engine.model import GigaamModel
-from gigastt.engine.tokenizer import Token, join_words
+from gigastt.engine.tokenizer import Token, Vocabulary, join_words
 from gigastt.engine.transcript import Transcript, Word
 from gigastt.engine.vad import SileroVad
 
@@ -32,40 +32,132 @@ FRAME_SAMPLES = 640
 WINDOW_SECONDS = 20.0
 # The cut is placed at the quietest encoder frame within this many seconds before a window's end.
 CUT_SEARCH_SECONDS = 4.0
+# Audio recognised beyond each cut, on both sides, whose tokens belong to the neighbour: the
+# model then hears every word at a seam with context either side (docs/architecture.md §11,
+# docs/benchmarks.md "Window seams"; 1 s measured against 0.5 and 2 s).
+WINDOW_CONTEXT_SECONDS = 1.0
 
 F32 = npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True, slots=True)
 class Window:
-    """A slice of the file in samples; ``start`` is a multiple of FRAME_SAMPLES."""
+    """A window of the file in samples: its own audio ``start``..``stop`` (``start`` a multiple
+    of FRAME_SAMPLES), recognised with ``before`` and ``after`` samples of its neighbours' audio
+    as context. Tokens in the context are the neighbours' (``owns``)."""
 
     start: int
     stop: int
+    before: int = 0
+    after: int = 0
+
+    @property
+    def audio_start(self) -> int:
+        return self.start - self.before
+
+    @property
+    def audio_stop(self) -> int:
+        return self.stop + self.after
 
     @property
     def frame_offset(self) -> int:
-        return self.start // FRAME_SAMPLES
+        """The file frame of the window's first encoder frame (its context's, if any)."""
+        return self.audio_start // FRAME_SAMPLES
+
+    def owns(self, frame: int) -> bool:
+        """Whether a token at ``frame`` (counted from ``audio_start``) is this window's: on a
+        side with context, only a token on this side of the cut."""
+        at = self.audio_start + frame * FRAME_SAMPLES
+        return (not self.before or at >= self.start) and (not self.after or at < self.stop)
 
 
-def split_windows(samples: F32, window_seconds: float = WINDOW_SECONDS) -> list[Window]:
+def own_words(vocab: Vocabulary, window: Window, tokens: list[Token]
+              ) -> tuple[list[Token], list[Word]]:
+    """A window's own tokens (those in its own audio) and their words, timed from the file's
+    start: every token comes from the one window that owns its frame, grouped into words as
+    if the window had no context, so a seam splits words exactly where it did without it."""
+    if window.before or window.after:
+        tokens = [t for t in tokens if window.owns(t.frame)]
+    return tokens, vocab.words(tokens, frame_offset=window.frame_offset)
+
+
+class WindowCutter:
+    """Windows of at most ``window_seconds`` of audio, each cut at a quiet frame, from audio fed
+    block by block: a window is handed out as soon as its cut and its context after the cut
+    are known, so at most a window and a block are held (D30). ``offset``: the file position of
+    the first sample fed, a multiple of FRAME_SAMPLES; no context is taken before it or after
+    the last sample (``finish``).
+    """
+
+    def __init__(self, offset: int = 0, window_seconds: float = WINDOW_SECONDS,
+                 context_seconds: float = WINDOW_CONTEXT_SECONDS) -> None:
+        frames = max(1, int(window_seconds * SAMPLE_RATE) // FRAME_SAMPLES)
+        context = min(round(context_seconds * SAMPLE_RATE / FRAME_SAMPLES), (frames - 1) // 2)
+        self.full = frames * FRAME_SAMPLES  # a window with its context
+        self.context = context * FRAME_SAMPLES
+        self.limit = (frames - 2 * context) * FRAME_SAMPLES  # its own audio, when cut
+        self.search = min(self.limit // 2,
+                          int(CUT_SEARCH_SECONDS * SAMPLE_RATE) // FRAME_SAMPLES * FRAME_SAMPLES)
+        self._base = offset  # the file position of the held audio's first sample
+        self._start = offset  # ... and of the pending window's own first sample
+        self._parts: list[F32] = []
+        self._held = 0
+
+    def feed(self, samples: F32) -> list[tuple[Window, F32]]:
+        """The windows that ``samples`` completed, each with its audio (context included)."""
+        if samples.shape[0]:
+            self._parts.append(samples)
+            self._held += samples.shape[0]
+        own = self._start - self._base
+        if min(own, self.context) + self._held - own <= self.full:
+            return []
+        held = self._joined()
+        out: list[tuple[Window, F32]] = []
+        # Cut only once more than a window is held: the last window may reach the file's end
+        # and then takes no context after it.
+        while min(own, self.context) + held.shape[0] - own > self.full:
+            before = min(own, self.context)
+            lo, hi = own + self.limit - self.search, own + self.limit
+            blocks = held[lo:hi].reshape(-1, FRAME_SAMPLES).astype(np.float64)
+            energy = np.einsum("ij,ij->i", blocks, blocks)
+            # Cut after the quietest frame; ties go to the latest to keep windows long.
+            quietest = len(energy) - 1 - int(np.argmin(energy[::-1]))
+            cut = lo + (quietest + 1) * FRAME_SAMPLES
+            after = min(self.context, held.shape[0] - cut)
+            window = Window(self._base + own, self._base + cut, before, after)
+            out.append((window, held[own - before : cut + after]))
+            drop = max(0, cut - self.context)  # keep the next window's context before its cut
+            held = held[drop:]
+            self._base += drop
+            self._start = window.stop
+            own = cut - drop
+        self._parts, self._held = [held], held.shape[0]
+        return out
+
+    def finish(self) -> tuple[Window, F32]:
+        """The last window: what is held (empty only when nothing was fed)."""
+        held = self._joined()
+        own = self._start - self._base
+        before = min(own, self.context)
+        window = Window(self._start, self._base + held.shape[0], before, 0)
+        self._start = self._base = window.stop
+        self._parts, self._held = [], 0
+        return window, held[own - before :]
+
+    def _joined(self) -> F32:
+        if len(self._parts) == 1:
+            return self._parts[0]
+        if not self._parts:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate(self._parts)
+
+
+def split_windows(samples: F32, window_seconds: float = WINDOW_SECONDS,
+                  context_seconds: float = WINDOW_CONTEXT_SECONDS) -> list[Window]:
     """Cut ``samples`` into windows of at most ``window_seconds``, each ending at a quiet frame."""
-    total = samples.shape[0]
-    limit = max(FRAME_SAMPLES, int(window_seconds * SAMPLE_RATE) // FRAME_SAMPLES * FRAME_SAMPLES)
-    search = min(limit // 2, int(CUT_SEARCH_SECONDS * SAMPLE_RATE) // FRAME_SAMPLES * FRAME_SAMPLES)
-    windows: list[Window] = []
-    start = 0
-    while total - start > limit:
-        lo, hi = start + limit - search, start + limit
-        blocks = samples[lo:hi].reshape(-1, FRAME_SAMPLES).astype(np.float64)
-        energy = np.einsum("ij,ij->i", blocks, blocks)
-        # Cut after the quietest frame; ties go to the latest to keep windows long.
-        quietest = len(energy) - 1 - int(np.argmin(energy[::-1]))
-        cut = lo + (quietest + 1) * FRAME_SAMPLES
-        windows.append(Window(start, cut))
-        start = cut
-    windows.append(Window(start, total))
-    return windows
+    cutter = WindowCutter(0, window_seconds, context_seconds)
+    windows = [window for window, _ in cutter.feed(samples)]
+    return [*windows, cutter.finish()[0]]
 
 
 class Recognizer:
@@ -130,9 +222,9 @@ class Recognizer:
 
     def window_words(self, samples: F32, window: Window,
                      hotwords: Hotwords | None = None) -> list[Word]:
-        """Words of one window, timed from the start of the file."""
-        tokens = self.tokens(samples[window.start : window.stop], hotwords)
-        return self.model.vocab.words(tokens, frame_offset=window.frame_offset)
+        """The window's own words (``own_words``), timed from the start of the file."""
+        tokens = self.tokens(samples[window.audio_start : window.audio_stop], hotwords)
+        return own_words(self.model.vocab, window, tokens)[1]
 
     def iter_windows(self, samples: F32, hotwords: Hotwords | None = None
                      ) -> Iterator[list[Word]]:

@@ -429,11 +429,8 @@ def open_vad(mode: str, path: Path, *, expected_sha256: str | None = None) -> Si
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     try:
         with open(path, "rb") as handle:
-            while block := handle.read(1 << 20):
-                digest.update(block)
+            return hashlib.file_digest(handle, "sha256").hexdigest()
     except OSError as exc:
         raise VadError(f"VAD model {path} cannot be read: {exc.strerror}") from exc
-    return digest.hexdigest()

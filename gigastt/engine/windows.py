@@ -1,10 +1,12 @@
-"""File windows from VAD speech segments: pauses skipped, windows cut inside pauses (D28).
+"""File windows as the audio is read: over the whole file, or over the VAD's speech spans with
+pauses skipped and windows cut inside them (D28, D30).
 
-Pure functions; the VAD pass itself runs on the bulk lane (docs/architecture.md "VAD").
+No I/O and no threads; the VAD's own calls run on the bulk lane (docs/architecture.md "VAD").
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,8 +17,14 @@ from gigastt.config import (
     VAD_FILE_SPEECH_PAD_MS,
 )
 from gigastt.engine.features import SAMPLE_RATE
-from gigastt.engine.recognizer import F32, FRAME_SAMPLES, WINDOW_SECONDS, Window, split_windows
-from gigastt.engine.vad import SileroVad, VadParams, file_probabilities, speech_segments
+from gigastt.engine.recognizer import F32, FRAME_SAMPLES, WINDOW_SECONDS, Window, WindowCutter
+from gigastt.engine.vad import (
+    FILE_BLOCK_SAMPLES,
+    SileroVad,
+    VadParams,
+    VadStream,
+    speech_segments,
+)
 
 # Files: no forced cut inside speech (the planner cuts long speech at its quietest frame, as
 # split_windows does), wider padding and no minimum length (gigastt/config.py), otherwise
@@ -33,19 +41,22 @@ class WindowPlan:
     speech_samples: int
 
 
-def plan_windows(samples: F32, segments: list[tuple[int, int]], *,
-                 window_seconds: float = WINDOW_SECONDS,
-                 merge_gap_seconds: float = VAD_FILE_MERGE_GAP_SECONDS) -> list[Window]:
-    """Windows covering every speech segment (padding included) and as little else as possible.
+Span = tuple[int, int]
 
-    Segments separated by less than ``merge_gap_seconds`` share a window while it stays within
+
+def plan_spans(segments: list[tuple[int, int]], total: int, *,
+               window_seconds: float = WINDOW_SECONDS,
+               merge_gap_seconds: float = VAD_FILE_MERGE_GAP_SECONDS) -> list[Span]:
+    """The stretches of the file to recognise: every speech segment (padding included) and as
+    little else as possible.
+
+    Segments separated by less than ``merge_gap_seconds`` share a span while it stays within
     ``window_seconds`` (short pauses keep their context); a longer pause is skipped, so windows
-    end inside pauses. Window starts lie on the 40 ms frame grid, so word times stay exact from
-    the start of the file; a segment longer than a window is cut at quiet frames (split_windows).
+    end inside pauses. Span starts lie on the 40 ms frame grid, so word times stay exact from
+    the start of the file; a span longer than a window is cut at quiet frames (WindowCutter).
     """
     limit = max(FRAME_SAMPLES, int(window_seconds * SAMPLE_RATE) // FRAME_SAMPLES * FRAME_SAMPLES)
     gap = int(merge_gap_seconds * SAMPLE_RATE)
-    total = samples.shape[0]
     spans: list[list[int]] = []
     for start, end in segments:
         start, end = max(0, start), min(total, end)
@@ -61,22 +72,91 @@ def plan_windows(samples: F32, segments: list[tuple[int, int]], *,
         if spans and aligned < spans[-1][1]:
             spans[-1][1] = aligned  # never two windows over one sample
         spans.append([aligned, end])
-    windows: list[Window] = []
-    for start, end in spans:
-        if end - start <= limit:
-            windows.append(Window(start, end))
-        else:
-            windows += [Window(start + w.start, start + w.stop)
-                        for w in split_windows(samples[start:end], window_seconds)]
-    return windows
+    return [(start, end) for start, end in spans]
+
+
+class FileWindows:
+    """A file's 16 kHz blocks cut into windows as they are read, over ``spans`` only when given
+    (the VAD's; otherwise the whole file): one window and one block held at a time (D30).
+
+    Iterating yields each window with its samples; ``samples`` counts the audio read so far
+    (after the end, the file's length).
+    """
+
+    def __init__(self, blocks: Iterable[F32], spans: list[Span] | None = None, *,
+                 window_seconds: float = WINDOW_SECONDS) -> None:
+        self._blocks = blocks
+        self._spans = spans
+        self._window_seconds = window_seconds
+        self.samples = 0
+
+    def __iter__(self) -> Iterator[tuple[Window, F32]]:
+        if self._spans is None:
+            cutter = WindowCutter(0, self._window_seconds)
+            for block in self._blocks:
+                self.samples += block.shape[0]
+                yield from cutter.feed(block)
+            yield cutter.finish()
+            return
+        spans = iter(self._spans)
+        span = next(spans, None)
+        cutter = WindowCutter(0 if span is None else span[0], self._window_seconds)
+        for block in self._blocks:
+            at, self.samples = self.samples, self.samples + block.shape[0]
+            while span is not None and span[0] < self.samples:
+                lo, hi = max(span[0], at), min(span[1], self.samples)
+                if hi > lo:
+                    yield from cutter.feed(block[lo - at : hi - at])
+                if span[1] > self.samples:
+                    break
+                yield cutter.finish()
+                span = next(spans, None)
+                cutter = WindowCutter(0 if span is None else span[0], self._window_seconds)
+        if span is not None and span[0] < self.samples:
+            yield cutter.finish()  # the file ended inside the span (shorter than planned)
+
+
+def plan_windows(samples: F32, segments: list[tuple[int, int]], *,
+                 window_seconds: float = WINDOW_SECONDS,
+                 merge_gap_seconds: float = VAD_FILE_MERGE_GAP_SECONDS) -> list[Window]:
+    """The windows of ``plan_spans`` over a whole file held in memory."""
+    spans = plan_spans(segments, samples.shape[0], window_seconds=window_seconds,
+                       merge_gap_seconds=merge_gap_seconds)
+    return [window for window, _ in FileWindows([samples], spans, window_seconds=window_seconds)]
+
+
+class VadPass:
+    """The VAD's reading of a file, block by block, before recognition: the probabilities of
+    its 32 ms chunks (7 KB a minute) in, the spans to recognise out."""
+
+    def __init__(self, params: VadParams = FILE_VAD_PARAMS) -> None:
+        self._stream = VadStream(SAMPLE_RATE)
+        self._probabilities: list[F32] = []
+        self._params = params
+        self.samples = 0
+
+    def feed(self, vad: SileroVad, block: F32) -> None:
+        self.samples += block.shape[0]
+        self._probabilities.append(self._stream.feed(vad, block))
+
+    def finish(self, vad: SileroVad, *, window_seconds: float = WINDOW_SECONDS
+               ) -> tuple[list[Span], int]:
+        """The spans to recognise and the samples the VAD found to be speech."""
+        probs = np.concatenate([*self._probabilities, self._stream.finish(vad)])
+        segments = speech_segments(probs, self.samples, self._params)
+        speech = sum(min(end, self.samples) - start for start, end in segments)
+        return plan_spans(segments, self.samples, window_seconds=window_seconds), speech
 
 
 def vad_plan(vad: SileroVad, samples: F32, *, window_seconds: float = WINDOW_SECONDS,
              params: VadParams = FILE_VAD_PARAMS) -> WindowPlan:
-    """Run the VAD over a whole 16 kHz file and plan its windows (CPU work: call it on a lane)."""
+    """Run the VAD over a whole 16 kHz file held in memory and plan its windows (CPU work: on a
+    lane)."""
     if samples.shape[0] == 0:
         return WindowPlan([Window(0, 0)], 0)
-    probs = file_probabilities(vad, np.asarray(samples, dtype=np.float32))
-    segments = speech_segments(probs, samples.shape[0], params)
-    speech = sum(min(end, samples.shape[0]) - start for start, end in segments)
-    return WindowPlan(plan_windows(samples, segments, window_seconds=window_seconds), speech)
+    reading = VadPass(params)
+    for at in range(0, samples.shape[0], FILE_BLOCK_SAMPLES):
+        reading.feed(vad, samples[at : at + FILE_BLOCK_SAMPLES])
+    spans, speech = reading.finish(vad, window_seconds=window_seconds)
+    windows = FileWindows([samples], spans, window_seconds=window_seconds)
+    return WindowPlan([window for window, _ in windows], speech)

@@ -19,14 +19,15 @@ from gigastt.engine.audio import (
     AudioError,
     AudioTooLongError,
     UnsupportedSampleRateError,
-    load_audio,
+    open_audio,
 )
-from gigastt.engine.executor import InferenceExecutor, plan_file, recognize_windows
+from gigastt.engine.executor import InferenceExecutor
+from gigastt.engine.files import FileRecognition
 from gigastt.engine.hotwords import Hotwords, compile_phrases, parse_list
 from gigastt.engine.recognizer import Recognizer, transcript_of
 from gigastt.engine.tokenizer import Vocabulary
 from gigastt.engine.transcript import Word
-from gigastt.jobs.store import AudioDamaged, Job, StorageFull, StoreThread, log_id, read_audio
+from gigastt.jobs.store import AudioDamaged, Job, StorageFull, StoreThread, audio_file, log_id
 
 log = logging.getLogger(__name__)
 
@@ -140,30 +141,29 @@ class JobRunner:
         self.notify()
         started = time.monotonic()
         try:
-            data = await asyncio.to_thread(read_audio, self.db.root, job)
-            samples = await asyncio.to_thread(load_audio, data,
-                                              max_seconds=self.limits().audio_seconds_cap)
-            del data
-            total = samples.shape[0]
+            path = await asyncio.to_thread(audio_file, self.db.root, job)
+            # Read from disk window by window: a job's memory does not grow with its length
+            # (D30).
+            source = await asyncio.to_thread(open_audio, path,
+                                             max_seconds=self.limits().audio_seconds_cap)
             # The windows /v1/transcribe would use for these options (the VAD's, D28).
             options = json.loads(job.options)
-            vad = bool(options.get("vad", True))
-            plan = await plan_file(self.executor, samples, vad=vad)
             phrases = options.get("hotwords")
             hotwords = self.hotwords if phrases is None else compile_phrases(
                 parse_list(phrases), self.vocab, self.hotwords_boost)
+            recognition = FileRecognition(self.executor, self.vocab, source,
+                                          vad=bool(options.get("vad", True)), hotwords=hotwords)
             words: list[Word] = []
-            windows = recognize_windows(self.executor, self.vocab, samples,
-                                        windows=None if plan is None else plan.windows,
-                                        hotwords=hotwords)
-            async for window, _, window_words in windows:
+            async for window, _, window_words in recognition.windows():
                 words += window_words
-                await self.db.call(store.set_progress, job.id, window.stop / total)
-                self.notify()
-            transcript = transcript_of(words, total)
+                done = recognition.progress(window)
+                if done is not None:
+                    await self.db.call(store.set_progress, job.id, done)
+                    self.notify()
+            transcript = transcript_of(words, recognition.samples)
             # Hours of words take seconds of CPU to write out: off the event loop.
             body = (await asyncio.to_thread(protocol.transcribe_body, transcript)).encode()
-            del samples, words
+            del words
             if await self.db.call(store.finish, job.id, body, transcript.duration):
                 log.info("job %s: transcribed %.2f s of audio into %d words in %.3f s",
                          log_id(job.id),

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, ParamSpec, TypeVar
 
 __all__ = ["ACTIVE", "FINISHED", "AudioDamaged", "Job", "JobStore", "QueueFull", "StorageFull",
-           "StoreError", "StoreThread", "is_job_id", "new_job_id", "read_audio"]
+           "StoreError", "StoreThread", "audio_file", "is_job_id", "new_job_id"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -139,7 +139,7 @@ def _unlink(path: Path) -> None:
         path.unlink()
 
 
-def stage_file(tmp_dir: Path, data: bytes | memoryview) -> Path:
+def stage_file(tmp_dir: Path, data: bytes | bytearray | memoryview) -> Path:
     """``data`` written and fsynced under ``tmp_dir`` (to be renamed into place); StorageFull on
     a full disk, with the partial file removed."""
     try:
@@ -162,22 +162,25 @@ def stage_file(tmp_dir: Path, data: bytes | memoryview) -> Path:
     return path
 
 
-def _write_all(handle: IO[bytes], data: bytes | memoryview) -> None:
+def _write_all(handle: IO[bytes], data: bytes | bytearray | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[handle.write(view[: 1 << 24]) or 0 :]
 
 
-def read_audio(root: Path, job: Job) -> bytes:
-    """A job's stored audio, checked against the size and SHA-256 taken when it was accepted."""
+def audio_file(root: Path, job: Job) -> Path:
+    """A job's stored audio file, checked against the size and SHA-256 taken when it was
+    accepted (read block by block: the file may hold hours)."""
     path = root / AUDIO_DIR / job.id
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            digest = hashlib.file_digest(handle, "sha256")
     except FileNotFoundError as exc:
         raise AudioDamaged("the stored audio file is missing") from exc
-    if len(data) != job.audio_bytes or hashlib.sha256(data).hexdigest() != job.audio_sha256:
+    if size != job.audio_bytes or digest.hexdigest() != job.audio_sha256:
         raise AudioDamaged("the stored audio file is damaged (size or SHA-256 differs)")
-    return data
+    return path
 
 
 class JobStore:

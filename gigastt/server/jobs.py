@@ -82,7 +82,7 @@ def status_body(job: Job) -> JSON:
             "audio_bytes": job.audio_bytes, "error": error}
 
 
-def _stage(tmp_dir: Path, data: bytes) -> tuple[Path, str]:
+def _stage(tmp_dir: Path, data: bytearray) -> tuple[Path, str]:
     return stage_file(tmp_dir, data), hashlib.sha256(data).hexdigest()
 
 

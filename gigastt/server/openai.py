@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import numpy as np
-import numpy.typing as npt
 
 from gigastt import export, protocol, subtitles
 from gigastt.config import HOTWORD_MAX_CHARS, HOTWORDS_REQUEST_MAX
-from gigastt.engine.audio import AudioError, UnsupportedSampleRateError, load_audio
-from gigastt.engine.executor import recognize_windows
+from gigastt.engine.audio import AudioError, AudioSource, UnsupportedSampleRateError, open_audio
 from gigastt.engine.features import SAMPLE_RATE
+from gigastt.engine.files import FileRecognition
 from gigastt.engine.hotwords import Hotwords
 from gigastt.engine.recognizer import transcript_of
 from gigastt.engine.tokenizer import FRAME_SECONDS, Token, join_words
@@ -166,7 +165,7 @@ def prompt_phrases(values: list[str]) -> list[str] | None:
     return phrases
 
 
-def _read_form(data: bytes, boundary: bytes, limit: int) -> tuple[Options, memoryview | bytes]:
+def _read_form(data: bytearray, boundary: bytes, limit: int) -> tuple[Options, memoryview | bytes]:
     """Parse the whole body; the file comes back as a view of ``data`` (no copy)."""
     views: list[memoryview] = []
     form = FormCollector(boundary, max_body_bytes=limit, on_file_data=views.append)
@@ -208,23 +207,22 @@ def _segments(transcript: Transcript, frames: list[int], tokens: list[Token]) ->
     return segments
 
 
-async def _transcribe(state: ServerState, samples: npt.NDArray[np.float32],
-                      options: Options, hotwords: Hotwords | None = None) -> Response:
-    from gigastt.server.routes import file_plan  # routes imports this module
+async def _transcribe(state: ServerState, source: AudioSource, options: Options,
+                      hotwords: Hotwords | None = None) -> Response:
+    from gigastt.server.routes import count_vad  # routes imports this module
 
     frames: list[int] = []
     tokens: list[Token] = []
     words: list[Word] = []
     # D28: with the VAD loaded, pauses are skipped as on /v1/transcribe (word times unchanged).
-    plan = await file_plan(state, samples, True, "openai")
-    windows = recognize_windows(state.executor, state.vocab, samples,
-                                windows=None if plan is None else plan.windows,
-                                hotwords=hotwords)
-    async for window, window_tokens, window_words in windows:
+    recognition = FileRecognition(state.executor, state.vocab, source, vad=state.vad_loaded,
+                                  hotwords=hotwords)
+    async for window, window_tokens, window_words in recognition.windows():
         frames += [window.frame_offset + t.frame for t in window_tokens]
         tokens += window_tokens
         words += window_words
-    transcript = transcript_of(words, samples.shape[0])
+    count_vad(state, recognition, "openai")
+    transcript = transcript_of(words, recognition.samples)
     # Seconds of CPU for hours of audio: off the event loop, like /v1/transcribe's rendering.
     return await asyncio.to_thread(_render, transcript, options, frames, tokens)
 
@@ -256,18 +254,25 @@ def _event(payload: JSON) -> bytes:
     return sse.event(protocol.dumps(payload))
 
 
-async def _deltas(state: ServerState, samples: npt.NDArray[np.float32],
-                  out: asyncio.Queue[bytes | None], hotwords: Hotwords | None = None) -> None:
+async def _deltas(state: ServerState, source: AudioSource, out: asyncio.Queue[bytes | None],
+                  hotwords: Hotwords | None = None) -> None:
     """``stream=true``: a delta per recognised window (final text only, so deltas only ever
-    append), then the done event and ``[DONE]``."""
+    append), then the done event and ``[DONE]``; bad samples found on the way end the stream
+    with an ``invalid_request_error`` event instead."""
     text = ""
-    async for _, _, words in recognize_windows(state.executor, state.vocab, samples,
-                                               hotwords=hotwords):
-        if words:
-            delta = (" " if text else "") + join_words(words)
-            text += delta
-            await out.put(_event({"type": "transcript.text.delta", "delta": delta}))
-    duration = samples.shape[0] / SAMPLE_RATE
+    recognition = FileRecognition(state.executor, state.vocab, source, vad=False,
+                                  hotwords=hotwords)
+    try:
+        async for _, _, words in recognition.windows():
+            if words:
+                delta = (" " if text else "") + join_words(words)
+                text += delta
+                await out.put(_event({"type": "transcript.text.delta", "delta": delta}))
+    except AudioError as exc:
+        log.info("event stream: undecodable audio (%s)", type(exc).__name__)
+        await out.put(_STREAM_INVALID_AUDIO)
+        return
+    duration = recognition.samples / SAMPLE_RATE
     await out.put(_event({"type": "transcript.text.done", "text": text,
                           "usage": _usage(duration)}))
     await out.put(_DONE)
@@ -276,6 +281,9 @@ async def _deltas(state: ServerState, samples: npt.NDArray[np.float32],
 # The SDKs raise APIError on an `error` event in the stream.
 _STREAM_FAILED = _event({"error": {"message": _FAILED, "type": "server_error", "param": None,
                                    "code": ErrorCode.INFERENCE_ERROR.value}})
+_STREAM_INVALID_AUDIO = _event({"error": {
+    "message": REST_ERRORS[ErrorCode.INVALID_AUDIO].message, "type": _INVALID, "param": None,
+    "code": ErrorCode.INVALID_AUDIO.value}})
 
 
 # --- the handler ----------------------------------------------------------------------------
@@ -326,16 +334,17 @@ async def transcriptions(state: ServerState, request: Request, body: Body) -> Re
     started = time.monotonic()
     streaming = False
     try:
-        # The slot is held during decoding too, as on /v1/transcribe: decodes are bounded.
-        samples = await asyncio.to_thread(load_audio, audio,
-                                          max_seconds=state.limits.audio_seconds_cap)
+        # The slot is held during decoding too, as on /v1/transcribe; the header is checked
+        # first, the samples decoded window by window (D30).
+        source = await asyncio.to_thread(open_audio, audio,
+                                         max_seconds=state.limits.audio_seconds_cap)
         del audio
         if options.stream:
             streaming = True
-            stream = sse.EventStream(lambda out: _deltas(state, samples, out, hotwords), slot,
+            stream = sse.EventStream(lambda out: _deltas(state, source, out, hotwords), slot,
                                      _STREAM_FAILED)
             return StreamingResponse(200, list(sse.HEADERS), stream)
-        reply = await _transcribe(state, samples, options, hotwords)
+        reply = await _transcribe(state, source, options, hotwords)
     except UnsupportedSampleRateError:
         return catalogue_error(ErrorCode.UNSUPPORTED_SAMPLE_RATE)
     except AudioError as exc:
@@ -350,5 +359,6 @@ async def transcriptions(state: ServerState, request: Request, body: Body) -> Re
             if state.metrics:
                 state.metrics.observe_inference(time.monotonic() - started)
     log.info("request %s: transcribed %.2f s of audio (%s) in %.3f s", request.request_id,
-             samples.shape[0] / SAMPLE_RATE, options.response_format, time.monotonic() - started)
+             source.frames / source.rate if source.frames else 0.0, options.response_format,
+             time.monotonic() - started)
     return reply

@@ -14,26 +14,23 @@ from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import parse_qsl
 
-import numpy as np
-import numpy.typing as npt
-
 from gigastt import __version__, errors, export, protocol
 from gigastt.config import ConfigError, Limits, ServeConfig, parse_bool
-from gigastt.engine import executor as inference
 from gigastt.engine.audio import (
     AudioError,
+    AudioSource,
     UnsupportedSampleRateError,
-    load_audio,
+    open_audio,
     supported_formats,
 )
 from gigastt.engine.executor import InferenceExecutor
 from gigastt.engine.features import SAMPLE_RATE
+from gigastt.engine.files import FileRecognition
 from gigastt.engine.hotwords import TOO_LONG, Hotwords, HotwordsError, compile_phrases, parse_list
 from gigastt.engine.model import ModelInfo
 from gigastt.engine.recognizer import Recognizer
 from gigastt.engine.tokenizer import Vocabulary
 from gigastt.engine.vadlane import VadLane
-from gigastt.engine.windows import WindowPlan
 from gigastt.errors import ErrorCode
 from gigastt.jobs.runner import JobRunner
 from gigastt.server import jobs, openai, sse, ui, websocket
@@ -164,7 +161,7 @@ async def checkout(state: ServerState, shape: ErrorShape = error_response) -> Sl
 
 
 async def read_audio_body(state: ServerState, body: Body,
-                          shape: ErrorShape = error_response) -> bytes | Response:
+                          shape: ErrorShape = error_response) -> bytearray | Response:
     try:
         data = await body.read(state.limits.body_limit_bytes)
     except BodyTooLarge:
@@ -273,13 +270,14 @@ async def transcribe(state: ServerState, request: Request, body: Body) -> Reply:
         return slot
     started = time.monotonic()
     try:
-        # Decoding and resampling are CPU work: off the event loop and the inference lanes.
-        samples = await asyncio.to_thread(load_audio, data,
-                                          max_seconds=state.limits.audio_seconds_cap)
-        del data
-        plan = await file_plan(state, samples, options.vad, "transcribe")
-        result = await inference.transcribe(state.executor, state.vocab, samples, plan=plan,
-                                            hotwords=options.hotwords)
+        # Decoding and resampling are CPU work: off the event loop and the inference lanes,
+        # window by window (D30).
+        source = await asyncio.to_thread(open_audio, data,
+                                         max_seconds=state.limits.audio_seconds_cap)
+        del data  # the source holds the bytes exactly as long as it needs them
+        recognition = file_recognition(state, source, options)
+        result = await recognition.transcript()
+        count_vad(state, recognition, "transcribe")
     except UnsupportedSampleRateError:
         return error_response(ErrorCode.UNSUPPORTED_SAMPLE_RATE)
     except AudioError as exc:
@@ -315,17 +313,20 @@ def vad_from_query(query: str) -> bool | None:
         return None
 
 
-async def file_plan(state: ServerState, samples: npt.NDArray[np.float32], use_vad: bool,
-                    route: str) -> WindowPlan | None:
-    """The VAD's windows for a file on the bulk lane (None: no VAD, or ``?vad=false``); counts
-    the file's audio and speech seconds per route (docs/api.md "GET /metrics")."""
-    if not (use_vad and state.vad_loaded):
-        return None
-    plan = await inference.plan_file(state.executor, samples)
-    if plan is not None and state.metrics:
-        state.metrics.vad_seen(route, samples.shape[0] / SAMPLE_RATE,
-                               plan.speech_samples / SAMPLE_RATE)
-    return plan
+def file_recognition(state: ServerState, source: AudioSource,
+                     options: FileOptions) -> FileRecognition:
+    """A file through the pipeline with the request's options: the VAD's windows when it is
+    loaded and not turned off (D28), the request's or the server's phrase list (D29)."""
+    return FileRecognition(state.executor, state.vocab, source,
+                           vad=options.vad and state.vad_loaded, hotwords=options.hotwords)
+
+
+def count_vad(state: ServerState, recognition: FileRecognition, route: str) -> None:
+    """Count a file's audio and speech seconds per route once the VAD has read it (docs/api.md
+    "GET /metrics")."""
+    if recognition.speech_samples is not None and state.metrics:
+        state.metrics.vad_seen(route, recognition.samples / SAMPLE_RATE,
+                               recognition.speech_samples / SAMPLE_RATE)
 
 
 async def transcribe_stream(state: ServerState, request: Request, body: Body) -> Reply:
@@ -338,9 +339,10 @@ async def transcribe_stream(state: ServerState, request: Request, body: Body) ->
     if isinstance(data, Response):
         return data
     try:
-        # Decode before taking a slot (docs/architecture.md §8).
-        samples = await asyncio.to_thread(load_audio, data,
-                                          max_seconds=state.limits.audio_seconds_cap)
+        # The header is checked before taking a slot (docs/architecture.md §8); the samples
+        # are decoded as the stream goes.
+        source = await asyncio.to_thread(open_audio, data,
+                                         max_seconds=state.limits.audio_seconds_cap)
     except UnsupportedSampleRateError:
         return error_response(ErrorCode.UNSUPPORTED_SAMPLE_RATE)
     except AudioError as exc:
@@ -352,7 +354,7 @@ async def transcribe_stream(state: ServerState, request: Request, body: Body) ->
         return slot
     progress = _query_flag(request.target.partition("?")[2], "progress")
     chunks = sse.EventStream(
-        lambda out: sse.recognise(state.executor, state.vocab, samples, state.shutdown, out,
+        lambda out: sse.recognise(state.executor, state.vocab, source, state.shutdown, out,
                                   progress=progress, vad=options.vad and state.vad_loaded,
                                   metrics=state.metrics, hotwords=options.hotwords),
         slot, sse.event(protocol.sse_error()))

@@ -1,4 +1,5 @@
-"""``POST /v1/transcribe/stream``: a decoded file run through the streaming recognizer, as SSE.
+"""``POST /v1/transcribe/stream``: a file run through the streaming recognizer as it is decoded,
+as SSE.
 
 Events go through a bounded queue, so a client that stops reading pauses recognition.
 """
@@ -14,13 +15,21 @@ import numpy as np
 import numpy.typing as npt
 
 from gigastt import protocol
-from gigastt.engine.audio import MODEL_RATE
+from gigastt.engine.audio import (
+    MODEL_RATE,
+    AudioError,
+    AudioSource,
+    expected_samples,
+    model_blocks,
+)
 from gigastt.engine.executor import InferenceExecutor, recognize
+from gigastt.engine.files import ahead, rechunk
 from gigastt.engine.hotwords import Hotwords
 from gigastt.engine.recognizer import Recognizer
 from gigastt.engine.streaming import Pass, StreamingRecognizer
 from gigastt.engine.tokenizer import Vocabulary
 from gigastt.engine.vad import VadStream
+from gigastt.errors import REST_ERRORS, ErrorCode
 from gigastt.server.admission import Slot
 from gigastt.server.metrics import ServerMetrics
 
@@ -39,6 +48,10 @@ def event(payload: str) -> bytes:
     return b"data: " + payload.encode() + b"\n\n"
 
 
+# The stream's end when the decoder finds bad samples: the REST route's code and text.
+INVALID_AUDIO = event(protocol.sse_error(ErrorCode.INVALID_AUDIO.value,
+                                         REST_ERRORS[ErrorCode.INVALID_AUDIO].message))
+
 def progress_event(done: float) -> bytes:
     """``{"progress":<fraction of the file fed and recognised>,"type":"progress"}``."""
     return event(protocol.dumps({"type": "progress", "progress": round(done, 4)},
@@ -48,7 +61,7 @@ def progress_event(done: float) -> bytes:
 async def recognise(
     executor: InferenceExecutor[Recognizer],
     vocab: Vocabulary,
-    samples: npt.NDArray[np.float32],
+    source: AudioSource,
     shutdown: asyncio.Event,
     out: asyncio.Queue[bytes | None],
     *,
@@ -57,11 +70,14 @@ async def recognise(
     metrics: ServerMetrics | None = None,
     hotwords: Hotwords | None = None,
 ) -> None:
-    """Feed 1 s chunks, run passes as they fall due, queue the events (``EventStream`` ends
-    the stream, with the error event if this raises).
+    """Feed 1 s chunks as they are decoded, run passes as they fall due, queue the events
+    (``EventStream`` ends the stream, with the error event if this raises). Samples only a
+    decoder can find bad (a NaN, a damaged frame) end the stream with an ``invalid_audio``
+    error event: the status line went out long before (docs/api.md).
 
     ``progress`` (``?progress=true``): between segments, a ``progress`` event each time another
-    whole percent of the file has been recognised; without it the events are exactly as before.
+    whole percent of the file has been recognised (of the length its header declares; one
+    event at the end when it declares none); without it the events are exactly as before.
 
     ``vad`` (D28: loaded, not ``?vad=false``): the VAD judges each chunk on the bulk lane first,
     and only speech is recognised, as in a live session (docs/architecture.md §10).
@@ -87,27 +103,36 @@ async def recognise(
                 await out.put(event(protocol.sse_segment(segment.kind, segment.words,
                                                          time.time())))
 
-    total = samples.shape[0]
+    expected = expected_samples(source)
+    fed = 0
     shown = 0  # whole percent last reported
-    for start in range(0, total, CHUNK_SAMPLES):
-        if shutdown.is_set():
-            return  # the drain: stop silently before the next chunk (docs/runbook.md)
-        recognizer.feed(samples[start : start + CHUNK_SAMPLES])
-        if vad_stream is not None:
-            audio = recognizer.vad_audio()
-            probabilities = await executor.run(key, judge(vad_stream, audio))
-            recognizer.on_vad(probabilities)
-            if metrics:
-                metrics.vad_chunks("stream", probabilities, vad_stream.hop / MODEL_RATE)
-        while (job := recognizer.next_pass()) is not None:
-            await run(job)
-        done = min(start + CHUNK_SAMPLES, total) / total
-        if progress and int(done * 100) > shown:
-            shown = int(done * 100)
-            await out.put(progress_event(done))
+    try:
+        async for chunk in ahead(rechunk(model_blocks(source), CHUNK_SAMPLES)):
+            if shutdown.is_set():
+                return  # the drain: stop silently before the next chunk (docs/runbook.md)
+            recognizer.feed(chunk)
+            fed += chunk.shape[0]
+            if vad_stream is not None:
+                audio = recognizer.vad_audio()
+                probabilities = await executor.run(key, judge(vad_stream, audio))
+                recognizer.on_vad(probabilities)
+                if metrics:
+                    metrics.vad_chunks("stream", probabilities, vad_stream.hop / MODEL_RATE)
+            while (job := recognizer.next_pass()) is not None:
+                await run(job)
+            done = min(1.0, fed / expected) if expected else 0.0
+            if progress and int(done * 100) > shown:
+                shown = int(done * 100)
+                await out.put(progress_event(done))
+    except AudioError as exc:
+        log.info("event stream: undecodable audio (%s)", type(exc).__name__)
+        await out.put(INVALID_AUDIO)
+        return
     recognizer.finish()
     while (job := recognizer.next_pass()) is not None:
         await run(job)
+    if progress and shown < 100:
+        await out.put(progress_event(1.0))
 
 
 class EventStream:

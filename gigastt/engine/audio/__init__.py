@@ -1,9 +1,11 @@
-"""Audio input, the public face: any supported file's bytes to 16 kHz mono float32 (limits in
-core, samples in pcm, WAV in wav, other formats in containers, rate conversion in resampler)."""
+"""Audio input, the public face: any supported file to 16 kHz mono float32, whole or block by
+block (limits in core, samples in pcm, WAV in wav, other formats in containers, resampler)."""
 
 from __future__ import annotations
 
-from gigastt.engine.audio.containers import decode_audio, supported_formats
+from collections.abc import Iterator
+
+from gigastt.engine.audio.containers import decode_audio, open_audio, supported_formats
 from gigastt.engine.audio.core import (
     F32,
     MAX_AUDIO_SECONDS,
@@ -13,6 +15,7 @@ from gigastt.engine.audio.core import (
     MIN_RATE,
     MODEL_RATE,
     AudioError,
+    AudioSource,
     AudioTooLongError,
     DecodedAudio,
     EmptyAudioError,
@@ -24,7 +27,7 @@ from gigastt.engine.audio.core import (
 )
 from gigastt.engine.audio.pcm import pcm16_to_float
 from gigastt.engine.audio.resampler import Resampler, resample
-from gigastt.engine.audio.wav import read_wav
+from gigastt.engine.audio.wav import open_wav, read_wav
 
 __all__ = [
     "MAX_AUDIO_SECONDS",
@@ -34,6 +37,7 @@ __all__ = [
     "MIN_RATE",
     "MODEL_RATE",
     "AudioError",
+    "AudioSource",
     "AudioTooLongError",
     "DecodedAudio",
     "EmptyAudioError",
@@ -44,7 +48,11 @@ __all__ = [
     "UnsupportedFormatError",
     "UnsupportedSampleRateError",
     "decode_audio",
+    "expected_samples",
     "load_audio",
+    "model_blocks",
+    "open_audio",
+    "open_wav",
     "pcm16_to_float",
     "read_wav",
     "resample",
@@ -65,3 +73,27 @@ def load_audio(
 ) -> F32:
     """:func:`decode_audio` then :func:`to_model_rate`."""
     return to_model_rate(decode_audio(data, max_seconds=max_seconds))
+
+
+def model_blocks(source: AudioSource) -> Iterator[F32]:
+    """The source's samples at 16 kHz, block by block, as they are decoded: one block of memory
+    whatever the length (D30). The streaming resampler makes them equal to resampling the
+    whole recording at once (:func:`load_audio`), to float32 rounding."""
+    if source.rate == MODEL_RATE:
+        yield from source.blocks()
+        return
+    resampler = Resampler(source.rate, MODEL_RATE)
+    for block in source.blocks():
+        out = resampler.process(block)
+        if out.size:
+            yield out
+    tail = resampler.flush()
+    if tail.size:
+        yield tail
+
+
+def expected_samples(source: AudioSource) -> int | None:
+    """The 16 kHz length the header declares (progress is measured against it), if it does."""
+    if source.frames is None:
+        return None
+    return -(-source.frames * MODEL_RATE // source.rate)

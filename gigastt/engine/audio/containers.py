@@ -1,11 +1,14 @@
-"""Which decoder reads which bytes: WAV by our parser, FLAC/OGG/MP3 by soundfile (extra
-``formats``), M4A/AAC by PyAV (extra ``m4a``), each read in blocks under the decoded-size caps."""
+"""Which decoder reads which file: WAV by our parser, FLAC/OGG/MP3 by soundfile (extra
+``formats``), M4A/AAC by PyAV (extra ``m4a``), each decoded in blocks under the size caps."""
 
 from __future__ import annotations
 
 import functools
 import importlib
 import io
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -16,18 +19,19 @@ from gigastt.engine.audio.core import (
     FORMATS_EXTRA,
     M4A_EXTRA,
     MAX_AUDIO_SECONDS,
+    AudioSource,
     AudioTooLongError,
     DecodedAudio,
     EmptyAudioError,
     UnsupportedFormatError,
     check_channels,
-    check_decoded,
+    check_duration,
     check_rate,
     frame_limit,
     install_hint,
 )
 from gigastt.engine.audio.pcm import byte_view, finite_mean
-from gigastt.engine.audio.wav import RIFF_MAGICS, read_wav
+from gigastt.engine.audio.wav import RIFF_MAGICS, open_wav
 
 # Samples (all channels together) per soundfile read: a 1 MiB float32 block whatever the
 # channel count, so the read buffer never depends on the file's frame count.
@@ -91,40 +95,55 @@ def _sniff(head: bytes) -> str | None:
     return None
 
 
-def _join(parts: list[F32]) -> F32:
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+Opener = Callable[[], Any]
+"""A fresh file object or path for a decoder: ``BytesIO`` over the bytes held, or the path."""
 
 
-def _decode_soundfile(
-    sf: ModuleType, buf: memoryview, max_seconds: float, label: str
-) -> DecodedAudio:
-    parts: list[F32] = []
-    try:
-        with sf.SoundFile(io.BytesIO(buf)) as f:
-            rate = int(f.samplerate)
-            channels = int(f.channels)
-            if channels <= 0:
-                raise UnsupportedFormatError(f"could not decode {label} audio: no channels")
-            # libsndfile's name for the container (AIFF, CAF… where we could not sniff it).
-            check_rate(rate, str(f.format))
-            check_channels(channels, str(f.format))
-            # Refuse early from a header that claims too much, but never size a buffer by it.
-            limit = frame_limit(max_seconds, rate)
-            if limit < int(f.frames) < _UNKNOWN_FRAMES:
-                check_decoded(int(f.frames), rate, max_seconds)
-            block = np.empty((max(1, _BLOCK_SAMPLES // channels), channels), dtype=np.float32)
-            total = 0
+class _SoundfileSource(AudioSource):
+    """FLAC, OGG, MP3 (and what else libsndfile reads) through soundfile, block by block."""
+
+    bounded = False
+
+    def __init__(self, sf: ModuleType, opener: Opener, max_seconds: float, label: str) -> None:
+        self._sf, self._opener, self._max_seconds, self._label = sf, opener, max_seconds, label
+        try:
+            with sf.SoundFile(opener()) as f:
+                rate = int(f.samplerate)
+                channels = int(f.channels)
+                frames = int(f.frames)
+                container = str(f.format)
+        except (RuntimeError, ValueError, TypeError, OSError, EOFError) as exc:
+            raise UnsupportedFormatError(f"could not decode {label} audio: {exc}") from None
+        if channels <= 0:
+            raise UnsupportedFormatError(f"could not decode {label} audio: no channels")
+        # libsndfile's name for the container (AIFF, CAF… where we could not sniff it).
+        check_rate(rate, container)
+        check_channels(channels, container)
+        # Refuse early from a header that claims too much, but never size a buffer by it.
+        if frames < _UNKNOWN_FRAMES:
+            check_duration(frames, rate, max_seconds)
+        self.rate, self.channels = rate, channels
+        self.frames = frames if frames < _UNKNOWN_FRAMES else None
+
+    def blocks(self) -> Iterator[F32]:
+        rate, channels, label = self.rate, self.channels, self._label
+        limit = frame_limit(self._max_seconds, rate)
+        block = np.empty((max(1, _BLOCK_SAMPLES // channels), channels), dtype=np.float32)
+        total = 0
+        with self._sf.SoundFile(self._opener()) as f:
             while True:
                 # Never past one frame over the limit, whatever the header says.
-                got = len(f.read(limit + 1 - total, dtype="float32", always_2d=True, out=block))
+                wanted = block.shape[0] if limit is None else limit + 1 - total
+                try:
+                    got = len(f.read(wanted, dtype="float32", always_2d=True, out=block))
+                except (RuntimeError, ValueError, TypeError, OSError, EOFError) as exc:
+                    raise UnsupportedFormatError(
+                        f"could not decode {label} audio: {exc}") from None
                 if not got:
-                    break
-                check_decoded(total + got, rate, max_seconds)
-                parts.append(finite_mean(block[:got], rate, label, total))
+                    return
+                check_duration(total + got, rate, self._max_seconds)
+                yield finite_mean(block[:got], rate, label, total)
                 total += got
-    except (RuntimeError, ValueError, TypeError, OSError, EOFError) as exc:
-        raise UnsupportedFormatError(f"could not decode {label} audio: {exc}") from None
-    return DecodedAudio(samples=_join(parts), rate=rate, channels=channels)
 
 
 # PyAV sample formats (packed names) → (scale, offset) to float in [-1, 1)
@@ -154,44 +173,69 @@ def _av_frame_to_float(frame: Any, channels: int) -> F32:
     return out
 
 
-def _decode_av(av: ModuleType, buf: memoryview, max_seconds: float, label: str) -> DecodedAudio:
-    errors: tuple[type[BaseException], ...] = (ValueError, OSError, RuntimeError, EOFError)
-    ffmpeg_error = getattr(av, "FFmpegError", None)
-    if isinstance(ffmpeg_error, type) and issubclass(ffmpeg_error, BaseException):
-        errors = (*errors, ffmpeg_error)
-    parts: list[F32] = []
-    rate = channels = 0
-    try:
-        with av.open(io.BytesIO(buf), mode="r") as container:
-            if not container.streams.audio:
-                raise UnsupportedFormatError(f"{label} file has no audio stream")
-            stream = container.streams.audio[0]
-            if stream.duration is not None and stream.time_base is not None:
-                declared = float(stream.duration * stream.time_base)
-                if declared > max_seconds:
-                    raise AudioTooLongError(
-                        f"audio is {declared:.1f} s long; the maximum is {max_seconds:g} s"
-                    )
-            total = 0
-            for frame in container.decode(stream):
-                frame_rate, frame_channels = int(frame.sample_rate), len(frame.layout.channels)
-                if not rate:
-                    check_rate(frame_rate, label)
-                    check_channels(frame_channels, label)
-                    rate, channels = frame_rate, frame_channels
-                elif frame_rate != rate or frame_channels != channels:
-                    raise UnsupportedFormatError(
-                        f"{label} audio changes its sample rate or channel count mid-stream"
-                    )
-                check_decoded(total + int(frame.samples), rate, max_seconds)
-                block = _av_frame_to_float(frame, channels)
-                parts.append(finite_mean(block, rate, label, total))
-                total += block.shape[0]
-    except errors as exc:
-        raise UnsupportedFormatError(f"could not decode {label} audio: {exc}") from None
-    if not rate:
-        raise UnsupportedFormatError(f"could not decode {label} audio: no audio frames")
-    return DecodedAudio(samples=_join(parts), rate=rate, channels=channels)
+class _AvSource(AudioSource):
+    """M4A/AAC (and the formats libsndfile lacks) through PyAV; its frames, a few milliseconds
+    each, are handed on in blocks of about ``_BLOCK_SAMPLES``."""
+
+    bounded = False
+
+    def __init__(self, av: ModuleType, opener: Opener, max_seconds: float, label: str) -> None:
+        self._av, self._opener, self._max_seconds, self._label = av, opener, max_seconds, label
+        errors: tuple[type[BaseException], ...] = (ValueError, OSError, RuntimeError, EOFError)
+        ffmpeg_error = getattr(av, "FFmpegError", None)
+        if isinstance(ffmpeg_error, type) and issubclass(ffmpeg_error, BaseException):
+            errors = (*errors, ffmpeg_error)
+        self._errors = errors
+        self.frames = None
+        self.rate = self.channels = 0
+        # The first frame names the rate and channel count, checked before anything else.
+        for _ in self._frames(first_only=True):
+            pass
+        if not self.rate:
+            raise UnsupportedFormatError(f"could not decode {label} audio: no audio frames")
+
+    def _frames(self, *, first_only: bool = False) -> Iterator[Any]:
+        label = self._label
+        try:
+            with self._av.open(self._opener(), mode="r") as container:
+                if not container.streams.audio:
+                    raise UnsupportedFormatError(f"{label} file has no audio stream")
+                stream = container.streams.audio[0]
+                if stream.duration is not None and stream.time_base is not None:
+                    declared = float(stream.duration * stream.time_base)
+                    if declared > self._max_seconds:
+                        raise AudioTooLongError(f"audio is {declared:.1f} s long; the maximum is "
+                                                f"{self._max_seconds:g} s")
+                for frame in container.decode(stream):
+                    rate, channels = int(frame.sample_rate), len(frame.layout.channels)
+                    if first_only:
+                        check_rate(rate, label)
+                        check_channels(channels, label)
+                        self.rate, self.channels = rate, channels
+                        if stream.duration is not None and stream.time_base is not None:
+                            self.frames = math.ceil(declared * rate)
+                        return
+                    if rate != self.rate or channels != self.channels:
+                        raise UnsupportedFormatError(
+                            f"{label} audio changes its sample rate or channel count mid-stream")
+                    yield frame
+        except self._errors as exc:
+            raise UnsupportedFormatError(f"could not decode {label} audio: {exc}") from None
+
+    def blocks(self) -> Iterator[F32]:
+        rate, channels, label = self.rate, self.channels, self._label
+        parts: list[F32] = []
+        held = total = 0
+        for frame in self._frames():
+            check_duration(total + held + int(frame.samples), rate, self._max_seconds)
+            block = _av_frame_to_float(frame, channels)
+            parts.append(finite_mean(block, rate, label, total + held))
+            held += block.shape[0]
+            if held >= _BLOCK_SAMPLES // channels:
+                yield np.concatenate(parts)
+                parts, total, held = [], total + held, 0
+        if parts:
+            yield np.concatenate(parts)
 
 
 def _missing_extra(label: str, extra: str) -> UnsupportedFormatError:
@@ -200,35 +244,45 @@ def _missing_extra(label: str, extra: str) -> UnsupportedFormatError:
     )
 
 
-def decode_audio(
-    data: bytes | bytearray | memoryview, *, max_seconds: float = MAX_AUDIO_SECONDS
-) -> DecodedAudio:
-    """Decode any supported file to float32 mono at its own rate.
+def open_audio(
+    data: bytes | bytearray | memoryview | Path, *, max_seconds: float = MAX_AUDIO_SECONDS
+) -> AudioSource:
+    """Check any supported file, held in memory or on disk; ``blocks()`` then decodes it.
 
-    WAV is read by :func:`read_wav`; FLAC/OGG/MP3 by soundfile (extra ``formats``) or PyAV;
+    WAV is read by :func:`open_wav`; FLAC/OGG/MP3 by soundfile (extra ``formats``) or PyAV;
     M4A/AAC by PyAV (extra ``m4a``); a WAV codec the built-in parser lacks (µ-law, ADPCM…)
     falls back to soundfile when installed.
 
     Raises:
         EmptyAudioError, MalformedWavError, UnsupportedFormatError (naming the extra when one
         would help), UnsupportedSampleRateError, TooManyChannelsError, AudioTooLongError (over
-        ``max_seconds``, or a compressed stream over MAX_DECODED_FRAMES), NonFiniteSampleError.
+        ``max_seconds``), OSError (a path that cannot be read); ``blocks()`` raises
+        NonFiniteSampleError and the other errors only the samples show, ``read()`` also
+        AudioTooLongError for a compressed stream over MAX_DECODED_FRAMES.
     """
-    buf = byte_view(data)
-    if len(buf) == 0:
+    opener: Opener
+    if isinstance(data, Path):
+        with open(data, "rb") as handle:
+            head = handle.read(16)
+        path = str(data)
+        opener = lambda: path  # noqa: E731 - both decoders open a path themselves
+    else:
+        buf = byte_view(data)
+        head = bytes(buf[:16])
+        opener = lambda: io.BytesIO(buf)  # noqa: E731
+    if not head:
         raise EmptyAudioError("the audio is empty (0 bytes)")
-    head = bytes(buf[:16])
     if head[:4] in RIFF_MAGICS:
         try:
-            return read_wav(buf, max_seconds=max_seconds)
+            return open_wav(data, max_seconds=max_seconds)
         except UnsupportedFormatError as exc:
             # A WAV codec we lack (µ-law, ADPCM…): libsndfile decodes those, and so does FFmpeg.
             if exc.extra != FORMATS_EXTRA:
                 raise
             if (sf := _load_soundfile()) is not None:
-                return _decode_soundfile(sf, buf, max_seconds, "WAV")
+                return _SoundfileSource(sf, opener, max_seconds, "WAV")
             if (av := _load_av()) is not None:
-                return _decode_av(av, buf, max_seconds, "WAV")
+                return _AvSource(av, opener, max_seconds, "WAV")
             raise
     kind = _sniff(head)
     sf = _load_soundfile()
@@ -237,7 +291,7 @@ def decode_audio(
         if sf is not None:
             # libsndfile also reads AIFF, CAF, W64, big-endian RIFX…; let it try.
             try:
-                return _decode_soundfile(sf, buf, max_seconds, "unrecognised")
+                return _SoundfileSource(sf, opener, max_seconds, "unrecognised")
             except UnsupportedFormatError:
                 pass
         raise UnsupportedFormatError(
@@ -247,9 +301,9 @@ def decode_audio(
     label, sf_format, extra = _KINDS[kind]
     if sf_format is not None and sf_format in _soundfile_formats(sf):
         assert sf is not None
-        return _decode_soundfile(sf, buf, max_seconds, label)
+        return _SoundfileSource(sf, opener, max_seconds, label)
     if av is not None:
-        return _decode_av(av, buf, max_seconds, label)
+        return _AvSource(av, opener, max_seconds, label)
     if sf is not None and sf_format is not None:
         raise UnsupportedFormatError(
             f"the installed libsndfile cannot decode {label} (MP3 needs libsndfile ≥ 1.1); "
@@ -257,6 +311,14 @@ def decode_audio(
             extra=M4A_EXTRA,
         )
     raise _missing_extra(label, extra)
+
+
+def decode_audio(
+    data: bytes | bytearray | memoryview, *, max_seconds: float = MAX_AUDIO_SECONDS
+) -> DecodedAudio:
+    """Decode any supported file to float32 mono at its own rate: :func:`open_audio`, then
+    every block at once (raises what either raises)."""
+    return open_audio(data, max_seconds=max_seconds).read()
 
 
 def supported_formats() -> list[str]:

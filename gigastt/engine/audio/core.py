@@ -1,9 +1,11 @@
-"""What every audio decoder shares: the error types, the decoded-audio result, and the limits
-(duration, sample-rate range, decoded size) each decoder checks before it allocates."""
+"""What every audio decoder shares: the error types, the opened source and its decoded result,
+and the limits (duration, rate range, decoded size) each decoder checks before it allocates."""
 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,8 +19,10 @@ MAX_AUDIO_SECONDS = 14_400.0
 MIN_RATE = 8000
 MAX_RATE = 384_000
 # Decoders whose output is not bounded by the input size (FLAC, OGG, MP3, AAC: a few bytes of
-# digital silence can stand for minutes of audio) stop at this many frames, 256 MiB of float32
-# mono (about 700 s at 96 kHz, 175 s at 384 kHz), and refuse more than 7.1's eight channels.
+# digital silence can stand for minutes of audio) stop at this many frames when the whole
+# recording is wanted as one array (AudioSource.read): 256 MiB of float32 mono, about 700 s at
+# 96 kHz, 175 s at 384 kHz. Decoding block by block holds one block whatever the length, so
+# there only the duration cap applies (D33). They also refuse more than 7.1's eight channels.
 MAX_DECODED_FRAMES = 1 << 26
 MAX_CHANNELS = 8
 
@@ -93,6 +97,44 @@ class DecodedAudio:
         return len(self.samples) / self.rate
 
 
+class AudioSource(ABC):
+    """An audio file whose format has been checked, decoded on demand block by block.
+
+    Opening reads the header only, so every error a header can show comes before any sample
+    is decoded; ``blocks()`` then decodes from the start each time it is called (a file may be
+    read twice: once by the VAD, once by the recogniser), holding one block at a time, never
+    the recording (D30 in docs/decisions.md). Errors only the samples can show (a NaN, a
+    damaged frame, a stream longer than its header said) are raised by ``blocks()`` when it
+    reaches them.
+    """
+
+    rate: int
+    channels: int
+    frames: int | None
+    """The length the header declares, in frames (exact for WAV; None when unknown)."""
+    bounded: bool = True
+    """Whether the decoded size is bounded by the input's (WAV), or only by the limits."""
+
+    @abstractmethod
+    def blocks(self) -> Iterator[F32]:
+        """float32 mono blocks (mean of the channels) at ``rate``, in order."""
+
+    def read(self) -> DecodedAudio:
+        """The whole recording as one array; a decoder not bounded by its input stops at
+        MAX_DECODED_FRAMES, from the header's claim when it makes one."""
+        if not self.bounded and self.frames is not None:
+            check_frames(self.frames, self.rate)
+        parts: list[F32] = []
+        total = 0
+        for block in self.blocks():
+            total += block.shape[0]
+            if not self.bounded:
+                check_frames(total, self.rate)
+            parts.append(block)
+        samples = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+        return DecodedAudio(samples=samples, rate=self.rate, channels=self.channels)
+
+
 def check_rate(rate: int, label: str) -> None:
     """Refuse a rate outside ``MIN_RATE``..``MAX_RATE`` before anything is sized by it (D32)."""
     if not MIN_RATE <= rate <= MAX_RATE:
@@ -109,16 +151,15 @@ def check_duration(frames: int, rate: int, max_seconds: float) -> None:
         )
 
 
-def frame_limit(max_seconds: float, rate: int) -> int:
-    """Most frames a decoder may produce at ``rate``: the duration cap or MAX_DECODED_FRAMES."""
+def frame_limit(max_seconds: float, rate: int) -> int | None:
+    """Most frames a decoder may produce at ``rate`` (None: no duration cap)."""
     if math.isinf(max_seconds):
-        return MAX_DECODED_FRAMES
-    return min(MAX_DECODED_FRAMES, max(0, math.floor(max_seconds * rate)))
+        return None
+    return max(0, math.floor(max_seconds * rate))
 
 
-def check_decoded(frames: int, rate: int, max_seconds: float) -> None:
-    """Duration cap, then the decoded-size cap of decoders not bounded by their input size."""
-    check_duration(frames, rate, max_seconds)
+def check_frames(frames: int, rate: int) -> None:
+    """The decoded-size cap of whole-array decodes by decoders not bounded by their input."""
     if frames > MAX_DECODED_FRAMES:
         raise AudioTooLongError(
             f"decoded audio exceeds {MAX_DECODED_FRAMES} frames ({MAX_DECODED_FRAMES / rate:.1f} s"

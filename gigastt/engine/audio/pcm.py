@@ -20,12 +20,13 @@ def byte_view(data: bytes | bytearray | memoryview) -> memoryview:
 
 def interleaved_to_mono(
     buf: memoryview, offset: int, size: int, *, bits: int, is_float: bool, channels: int,
-    rate: int,
+    rate: int, first_frame: int = 0,
 ) -> F32:
     """Interleaved little-endian samples at ``buf[offset:offset+size]`` → float32 mono.
 
     Integer PCM of 8 (unsigned), 16, 24 or 32 bits, or IEEE float of 32 or 64 bits; ``rate``
-    only places a non-finite sample in the error message.
+    and ``first_frame`` (the block's place in the file) only place a non-finite sample in the
+    error message.
     """
     count = size // (bits // 8)
     if is_float:
@@ -36,7 +37,7 @@ def interleaved_to_mono(
         finite = np.isfinite(interleaved)
         if not finite.all():
             bad = int(finite.size - np.count_nonzero(finite))
-            first = int(np.argmin(finite)) // channels
+            first = first_frame + int(np.argmin(finite)) // channels
             raise NonFiniteSampleError(
                 f"float WAV has {bad} non-finite sample(s) (NaN or ±Inf); the first is at frame "
                 f"{first} ({first / rate:.3f} s)"

@@ -1,14 +1,20 @@
 """The WAV reader: RIFF, RF64 and BW64 chunks walked by our own rules, the 'fmt ' chunk checked
-field by field; memory is proportional to the bytes given, never to a size the header claims."""
+field by field, samples converted block by block; memory never follows a size the header claims."""
 
 from __future__ import annotations
 
+import mmap
+import os
 import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from gigastt.engine.audio.core import (
+    F32,
     FORMATS_EXTRA,
     MAX_AUDIO_SECONDS,
+    AudioSource,
     DecodedAudio,
     EmptyAudioError,
     MalformedWavError,
@@ -39,6 +45,9 @@ from gigastt.engine.audio.pcm import byte_view, interleaved_to_mono
 #   byte at the very end of the file is tolerated).
 
 RIFF_MAGICS = (b"RIFF", b"RF64", b"BW64")
+# Bytes converted at a time: 32 s of 16 kHz mono PCM16, a fraction of a second of a studio
+# master; one block is all a WAV costs in memory.
+BLOCK_BYTES = 1 << 20
 _SIZE_PLACEHOLDER = 0xFFFFFFFF
 _TAG_PCM = 0x0001
 _TAG_FLOAT = 0x0003
@@ -204,21 +213,53 @@ def _walk_chunks(buf: memoryview) -> tuple[_WavFormat, int, int]:
     return fmt, data_at[0], data_at[1]
 
 
-def read_wav(
-    data: bytes | bytearray | memoryview, *, max_seconds: float = MAX_AUDIO_SECONDS
-) -> DecodedAudio:
-    """Decode a RIFF/RF64/BW64 WAV file (PCM 8/16/24/32, float 32/64, extensible).
+class WavSource(AudioSource):
+    """A checked WAV: its format and where its samples lie, in bytes held or in a file on disk
+    (read block by block, never whole: a WAV on disk costs one block of memory)."""
 
-    Args:
-        data: the whole file.
-        max_seconds: reject longer audio; checked from the header before any sample is read.
+    def __init__(self, fmt: _WavFormat, offset: int, size: int, *,
+                 data: memoryview | None = None, path: Path | None = None) -> None:
+        self.rate = fmt.rate
+        self.channels = fmt.channels
+        self.frames = size // fmt.block_align
+        self._fmt = fmt
+        self._offset = offset
+        self._size = size
+        self._data = data
+        self._path = path
 
-    Raises:
-        EmptyAudioError, MalformedWavError, UnsupportedFormatError (non-WAV or a WAV codec
-        other than PCM/float), UnsupportedSampleRateError, AudioTooLongError,
-        NonFiniteSampleError.
-    """
-    buf = byte_view(data)
+    def blocks(self) -> Iterator[F32]:
+        if self._data is not None:
+            data = self._data
+            yield from self._convert(lambda at, n: data[at : at + n])
+            return
+        assert self._path is not None
+        with open(self._path, "rb") as handle:
+            fd = handle.fileno()
+
+            def read(at: int, n: int) -> memoryview:
+                chunk = os.pread(fd, n, at)
+                if len(chunk) != n:
+                    raise MalformedWavError("the WAV file was truncated while it was being read")
+                return memoryview(chunk)
+
+            yield from self._convert(read)
+
+    def _convert(self, read: Callable[[int, int], memoryview]) -> Iterator[F32]:
+        fmt = self._fmt
+        step = max(1, BLOCK_BYTES // fmt.block_align) * fmt.block_align
+        for at in range(0, self._size, step):
+            n = min(step, self._size - at)
+            # The byte before the block comes too: the 24-bit conversion reads it (pcm.py).
+            yield interleaved_to_mono(
+                read(self._offset + at - 1, n + 1), 1, n, bits=fmt.bits,
+                is_float=fmt.tag == _TAG_FLOAT, channels=fmt.channels, rate=fmt.rate,
+                first_frame=at // fmt.block_align,
+            )
+
+
+def _checked(buf: memoryview, max_seconds: float) -> tuple[_WavFormat, int, int]:
+    """The format and the audio bytes' (offset, size) of a whole WAV file, every rule applied."""
     if len(buf) == 0:
         raise EmptyAudioError("the audio is empty (0 bytes)")
     magic = bytes(buf[:4])
@@ -229,10 +270,45 @@ def read_wav(
         raise MalformedWavError(
             f"'data' chunk is {size} bytes, not a whole number of {fmt.block_align}-byte frames"
         )
-    frames = size // fmt.block_align
-    check_duration(frames, fmt.rate, max_seconds)
-    samples = interleaved_to_mono(
-        buf, offset, size, bits=fmt.bits, is_float=fmt.tag == _TAG_FLOAT, channels=fmt.channels,
-        rate=fmt.rate,
-    )
-    return DecodedAudio(samples=samples, rate=fmt.rate, channels=fmt.channels)
+    check_duration(size // fmt.block_align, fmt.rate, max_seconds)
+    return fmt, offset, size
+
+
+def open_wav(
+    data: bytes | bytearray | memoryview | Path, *, max_seconds: float = MAX_AUDIO_SECONDS
+) -> WavSource:
+    """Check a RIFF/RF64/BW64 WAV file (PCM 8/16/24/32, float 32/64, extensible) held in memory
+    or on disk; its samples are decoded by ``blocks()``.
+
+    Args:
+        data: the whole file, or the path of one (its header is read through a memory map,
+            which touches the header's pages only).
+        max_seconds: reject longer audio; checked from the header before any sample is read.
+
+    Raises:
+        EmptyAudioError, MalformedWavError, UnsupportedFormatError (non-WAV or a WAV codec
+        other than PCM/float), UnsupportedSampleRateError, AudioTooLongError, OSError (a path
+        that cannot be read); ``blocks()`` raises NonFiniteSampleError.
+    """
+    if not isinstance(data, Path):
+        buf = byte_view(data)
+        return WavSource(*_checked(buf, max_seconds), data=buf)
+    with open(data, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            raise EmptyAudioError("the audio is empty (0 bytes)")
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            view = memoryview(mapped)
+            try:
+                fmt, offset, size = _checked(view, max_seconds)
+            finally:
+                # An error's traceback still references the view: release it, or the map
+                # could not close.
+                view.release()
+    return WavSource(fmt, offset, size, path=data)
+
+
+def read_wav(
+    data: bytes | bytearray | memoryview, *, max_seconds: float = MAX_AUDIO_SECONDS
+) -> DecodedAudio:
+    """:func:`open_wav`, then every sample at once."""
+    return open_wav(data, max_seconds=max_seconds).read()
