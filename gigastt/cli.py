@@ -10,6 +10,7 @@ import argparse
 import logging
 import math
 import os
+import stat
 import sys
 import time
 from collections.abc import Sequence
@@ -324,8 +325,10 @@ def _transcribe(args: argparse.Namespace, model_url: str | None) -> int:
         raise RuntimeFailure(str(exc)) from exc
     try:
         cap = float(args.max_audio_secs) if args.max_audio_secs else math.inf  # 0: no cap
-        # The header only: the samples are read from disk window by window (D30).
-        source = open_audio(args.file, max_seconds=cap)
+        # The header only: a file's samples are read from disk window by window (D30); a pipe
+        # or a device (`/dev/stdin`, `<(ffmpeg …)`) cannot be read twice, so it is read whole.
+        regular = stat.S_ISREG(args.file.stat().st_mode)
+        source = open_audio(args.file if regular else args.file.read_bytes(), max_seconds=cap)
     except OSError as exc:
         raise RuntimeFailure(f"cannot read {args.file}: {exc.strerror}") from exc
     except AudioError as exc:
@@ -351,12 +354,13 @@ def _transcribe(args: argparse.Namespace, model_url: str | None) -> int:
     started = time.monotonic()
     words: list[Word] = []
     try:
-        spans = None
+        spans, total = None, 0
         if vad is not None:  # D28: the VAD reads the file first; pauses are skipped
             reading = VadPass()
             for block in model_blocks(source):
                 reading.feed(vad, block)
             spans, _ = reading.finish(vad)
+            total = reading.samples
         windows = FileWindows(model_blocks(source), spans)
         for window, audio in windows:
             tokens = recognizer.tokens(audio, hotwords)
@@ -369,8 +373,9 @@ def _transcribe(args: argparse.Namespace, model_url: str | None) -> int:
         raise RuntimeFailure(f"invalid audio: {exc}") from exc
     if progress is not None:
         progress.finish()
-    transcript = transcript_of(words, windows.samples)
-    seconds = windows.samples / MODEL_RATE
+    total = total or windows.samples  # with spans, the VAD's reading counted the file
+    transcript = transcript_of(words, total)
+    seconds = total / MODEL_RATE
     elapsed = time.monotonic() - started
     log.info("transcribed %.1f s of audio into %d words in %.1f s (real-time factor %.3f)",
              seconds, len(transcript.words), elapsed, elapsed / seconds if seconds else 0.0)

@@ -98,6 +98,10 @@ REST_ERRORS: dict[ErrorCode, RestError] = {
         400, f"A hotword phrase is too long: at most {protocol.MAX_HOTWORD_CHARS} characters"),
 }
 
+# The text that names an over-long file where the answer carries one besides its code: a job's
+# failure, and the event that ends a stream when decoding passes the cap (D30).
+AUDIO_TOO_LONG = "The audio is longer than the server's maximum (--max-audio-secs)."
+
 # Fixed WS texts; the two that echo a client value are built by the functions below.
 WS_MESSAGES: dict[ErrorCode, str] = {
     E.TIMEOUT: "Server busy, try again later",

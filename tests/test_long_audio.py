@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import signal
@@ -13,6 +14,7 @@ import wave
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from gigastt.testing import audio
 from tests.serverproc import ServerProcess
@@ -157,6 +159,50 @@ def test_cli_memory_does_not_grow_with_the_recording(small_model: Path, tmp_path
         assert words and all(w["start"] >= (path.stat().st_size - 44) / 32000 - 20.04
                              for w in words)
     assert peaks[long] < peaks[short] + 25, peaks
+
+
+def test_cli_reads_a_pipe_whole(small_model: Path, tmp_path: Path) -> None:
+    # `/dev/stdin` on a pipe cannot be read twice or from an offset: it is read whole.
+    path = tmp_path / "a.wav"
+    path.write_bytes(pcm16_wav(1, audio.speech_like(5, seed=9)))
+    piped = subprocess.run([sys.executable, "-m", "gigastt", "transcribe", "/dev/stdin",
+                            "--model-dir", str(small_model), "--format", "json"],
+                           input=path.read_bytes(), capture_output=True, timeout=300, cwd=ROOT)
+    assert piped.returncode == 0, piped.stderr
+    direct = gigastt("transcribe", str(path), "--model-dir", str(small_model), "--format", "json")
+    assert json.loads(piped.stdout) == json.loads(direct.stdout)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("soundfile") is None,
+                    reason="soundfile (extra 'formats') missing")
+def test_a_stream_found_too_long_while_decoding_names_the_cap(small_model: Path,
+                                                              tmp_path: Path) -> None:
+    # A FLAC header may declare no length (total samples 0, as a pipe's encoder writes): the
+    # cap is then met by decoding, after a stream's 200 went out.
+    from tests.test_audio_limits import flac_bytes, patch_streaminfo
+
+    clip = (audio.speech_like(25, seed=10) * 32767).astype(np.int16)
+    data = patch_streaminfo(flac_bytes(clip, RATE), total=0)
+    config = tmp_path / "limits.toml"
+    config.write_text("max_audio_secs = 20\n")
+    server = ServerProcess(small_model, "--config", str(config))
+    try:
+        reply = server.request("POST", "/v1/transcribe", data)
+        assert reply.status == 422 and json.loads(reply.body)["code"] == "transcription_error"
+        reply = server.request("POST", "/v1/transcribe/stream", data)
+        last = [line for line in reply.body.decode().splitlines() if line.startswith("data: ")][-1]
+        assert reply.status == 200 and json.loads(last[6:]) == {
+            "code": "invalid_audio", "type": "error",
+            "message": "The audio is longer than the server's maximum (--max-audio-secs)."}
+        reply = server.request("POST", "/v1/audio/transcriptions",
+                               wav_form(data, stream=True), headers=FORM)
+        last = [line for line in reply.body.decode().splitlines() if line.startswith("data: ")][-1]
+        assert json.loads(last[6:])["error"] == {
+            "code": "invalid_audio", "type": "invalid_request_error", "param": None,
+            "message": "The audio is longer than the server's maximum (--max-audio-secs)."}
+    finally:
+        assert server.stop() == 0
+    assert "Traceback" not in server.log
 
 
 def test_bad_samples_late_in_a_file_fail_every_route_precisely(small_model: Path,

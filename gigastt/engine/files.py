@@ -8,7 +8,8 @@ whatever the recording's length (docs/architecture.md §11).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from contextlib import aclosing
 from typing import TypeVar, cast
 
 import numpy as np
@@ -26,7 +27,7 @@ T = TypeVar("T")
 _END = object()
 
 
-async def ahead(items: Iterator[T]) -> AsyncIterator[T]:
+async def ahead(items: Iterator[T]) -> AsyncGenerator[T, None]:
     """``items`` advanced in a worker thread, one item ahead of the consumer, so that decoding
     the next window overlaps recognising this one and the event loop never decodes."""
     pending = asyncio.ensure_future(asyncio.to_thread(next, items, _END))
@@ -94,11 +95,13 @@ class FileRecognition:
         one at a time, so live work passes between them."""
         spans = await self._vad_spans() if self.vad else None
         cut = FileWindows(model_blocks(self.source), spans)
-        async for window, audio in ahead(iter(cut)):
-            tokens = await recognize(self.executor, self._session, audio,
-                                     hotwords=self.hotwords)
-            yield window, *own_words(self.vocab, window, tokens)
-        self.samples = cut.samples
+        async with aclosing(ahead(iter(cut))) as windows:
+            async for window, audio in windows:
+                tokens = await recognize(self.executor, self._session, audio,
+                                         hotwords=self.hotwords)
+                yield window, *own_words(self.vocab, window, tokens)
+        if spans is None:  # with spans the VAD's reading counted them (and this one stops early)
+            self.samples = cut.samples
 
     async def transcript(self) -> Transcript:
         words: list[Word] = []
@@ -121,11 +124,13 @@ class FileRecognition:
         def finish(recognizer: Recognizer) -> tuple[list[Span], int] | None:
             return None if recognizer.vad is None else reading.finish(recognizer.vad)
 
-        async for block in ahead(model_blocks(self.source)):
-            if not await self.executor.run(self._session, feed(block)):
-                return None
+        async with aclosing(ahead(model_blocks(self.source))) as blocks:
+            async for block in blocks:
+                if not await self.executor.run(self._session, feed(block)):
+                    return None
         planned = await self.executor.run(self._session, finish)
         if planned is None:
             return None
         spans, self.speech_samples = planned
+        self.samples = reading.samples
         return spans

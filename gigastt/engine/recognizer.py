@@ -93,11 +93,12 @@ class WindowCutter:
                  context_seconds: float = WINDOW_CONTEXT_SECONDS) -> None:
         frames = max(1, int(window_seconds * SAMPLE_RATE) // FRAME_SAMPLES)
         context = min(round(context_seconds * SAMPLE_RATE / FRAME_SAMPLES), (frames - 1) // 2)
+        own = frames - 2 * context  # a cut window's own frames
+        search = int(CUT_SEARCH_SECONDS * SAMPLE_RATE) // FRAME_SAMPLES
         self.full = frames * FRAME_SAMPLES  # a window with its context
         self.context = context * FRAME_SAMPLES
-        self.limit = (frames - 2 * context) * FRAME_SAMPLES  # its own audio, when cut
-        self.search = min(self.limit // 2,
-                          int(CUT_SEARCH_SECONDS * SAMPLE_RATE) // FRAME_SAMPLES * FRAME_SAMPLES)
+        self.limit = own * FRAME_SAMPLES
+        self.search = max(1, min(own // 2, search)) * FRAME_SAMPLES  # whole frames
         self._base = offset  # the file position of the held audio's first sample
         self._start = offset  # ... and of the pending window's own first sample
         self._parts: list[F32] = []

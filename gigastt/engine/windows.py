@@ -80,7 +80,7 @@ class FileWindows:
     (the VAD's; otherwise the whole file): one window and one block held at a time (D30).
 
     Iterating yields each window with its samples; ``samples`` counts the audio read so far
-    (after the end, the file's length).
+    (after the end, the file's length; with spans, reading stops after the last one).
     """
 
     def __init__(self, blocks: Iterable[F32], spans: list[Span] | None = None, *,
@@ -100,7 +100,9 @@ class FileWindows:
             return
         spans = iter(self._spans)
         span = next(spans, None)
-        cutter = WindowCutter(0 if span is None else span[0], self._window_seconds)
+        if span is None:
+            return
+        cutter = WindowCutter(span[0], self._window_seconds)
         for block in self._blocks:
             at, self.samples = self.samples, self.samples + block.shape[0]
             while span is not None and span[0] < self.samples:
@@ -111,7 +113,9 @@ class FileWindows:
                     break
                 yield cutter.finish()
                 span = next(spans, None)
-                cutter = WindowCutter(0 if span is None else span[0], self._window_seconds)
+                if span is None:
+                    return  # nothing left to recognise: the rest is not even decoded
+                cutter = WindowCutter(span[0], self._window_seconds)
         if span is not None and span[0] < self.samples:
             yield cutter.finish()  # the file ended inside the span (shorter than planned)
 

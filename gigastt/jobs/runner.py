@@ -27,6 +27,7 @@ from gigastt.engine.hotwords import Hotwords, compile_phrases, parse_list
 from gigastt.engine.recognizer import Recognizer, transcript_of
 from gigastt.engine.tokenizer import Vocabulary
 from gigastt.engine.transcript import Word
+from gigastt.errors import AUDIO_TOO_LONG
 from gigastt.jobs.store import AudioDamaged, Job, StorageFull, StoreThread, audio_file, log_id
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,10 @@ RETRY_SECS = 1.0
 FAILURES: dict[type[Exception], tuple[str, str]] = {
     AudioDamaged: ("job_audio_damaged",
                    "The stored audio file is missing or damaged; send the file again."),
-    AudioTooLongError: ("audio_too_long", "The audio is longer than the server's maximum"
-                        " (--max-audio-secs) or than the extras can decode."),
+    AudioTooLongError: ("audio_too_long", AUDIO_TOO_LONG),
+    # The stored file went away while it was read (a DELETE): as damaged, not an internal error.
+    FileNotFoundError: ("job_audio_damaged",
+              "The stored audio file is missing or damaged; send the file again."),
     UnsupportedSampleRateError: ("unsupported_sample_rate",
                                  "Sample rate outside the supported range 8000-384000 Hz"),
     AudioError: ("invalid_audio", "Failed to decode audio file. Check format (WAV, MP3, M4A,"

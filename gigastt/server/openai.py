@@ -18,14 +18,20 @@ import numpy as np
 
 from gigastt import export, protocol, subtitles
 from gigastt.config import HOTWORD_MAX_CHARS, HOTWORDS_REQUEST_MAX
-from gigastt.engine.audio import AudioError, AudioSource, UnsupportedSampleRateError, open_audio
+from gigastt.engine.audio import (
+    AudioError,
+    AudioSource,
+    AudioTooLongError,
+    UnsupportedSampleRateError,
+    open_audio,
+)
 from gigastt.engine.features import SAMPLE_RATE
 from gigastt.engine.files import FileRecognition
 from gigastt.engine.hotwords import Hotwords
 from gigastt.engine.recognizer import transcript_of
 from gigastt.engine.tokenizer import FRAME_SECONDS, Token, join_words
 from gigastt.engine.transcript import Transcript, Word
-from gigastt.errors import REST_ERRORS, ErrorCode
+from gigastt.errors import AUDIO_TOO_LONG, REST_ERRORS, ErrorCode
 from gigastt.protocol import JSON
 from gigastt.server import sse
 from gigastt.server.http import Body, Reply, Request, Response, StreamingResponse
@@ -270,7 +276,8 @@ async def _deltas(state: ServerState, source: AudioSource, out: asyncio.Queue[by
                 await out.put(_event({"type": "transcript.text.delta", "delta": delta}))
     except AudioError as exc:
         log.info("event stream: undecodable audio (%s)", type(exc).__name__)
-        await out.put(_STREAM_INVALID_AUDIO)
+        await out.put(_STREAM_TOO_LONG if isinstance(exc, AudioTooLongError)
+                      else _STREAM_INVALID_AUDIO)
         return
     duration = recognition.samples / SAMPLE_RATE
     await out.put(_event({"type": "transcript.text.done", "text": text,
@@ -281,9 +288,9 @@ async def _deltas(state: ServerState, source: AudioSource, out: asyncio.Queue[by
 # The SDKs raise APIError on an `error` event in the stream.
 _STREAM_FAILED = _event({"error": {"message": _FAILED, "type": "server_error", "param": None,
                                    "code": ErrorCode.INFERENCE_ERROR.value}})
-_STREAM_INVALID_AUDIO = _event({"error": {
-    "message": REST_ERRORS[ErrorCode.INVALID_AUDIO].message, "type": _INVALID, "param": None,
-    "code": ErrorCode.INVALID_AUDIO.value}})
+_STREAM_INVALID_AUDIO, _STREAM_TOO_LONG = (_event({"error": {
+    "message": message, "type": _INVALID, "param": None, "code": ErrorCode.INVALID_AUDIO.value}})
+    for message in (REST_ERRORS[ErrorCode.INVALID_AUDIO].message, AUDIO_TOO_LONG))
 
 
 # --- the handler ----------------------------------------------------------------------------

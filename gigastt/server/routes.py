@@ -278,6 +278,7 @@ async def transcribe(state: ServerState, request: Request, body: Body) -> Reply:
         recognition = file_recognition(state, source, options)
         result = await recognition.transcript()
         count_vad(state, recognition, "transcribe")
+        del source, recognition  # the request's bytes: not held while the reply is rendered
     except UnsupportedSampleRateError:
         return error_response(ErrorCode.UNSUPPORTED_SAMPLE_RATE)
     except AudioError as exc:

@@ -19,6 +19,7 @@ from gigastt.engine.audio import (
     MODEL_RATE,
     AudioError,
     AudioSource,
+    AudioTooLongError,
     expected_samples,
     model_blocks,
 )
@@ -29,7 +30,7 @@ from gigastt.engine.recognizer import Recognizer
 from gigastt.engine.streaming import Pass, StreamingRecognizer
 from gigastt.engine.tokenizer import Vocabulary
 from gigastt.engine.vad import VadStream
-from gigastt.errors import REST_ERRORS, ErrorCode
+from gigastt.errors import AUDIO_TOO_LONG, REST_ERRORS, ErrorCode
 from gigastt.server.admission import Slot
 from gigastt.server.metrics import ServerMetrics
 
@@ -48,9 +49,12 @@ def event(payload: str) -> bytes:
     return b"data: " + payload.encode() + b"\n\n"
 
 
-# The stream's end when the decoder finds bad samples: the REST route's code and text.
+# The stream's end when decoding finds bad samples, or more audio than the cap (a header that
+# declared no length or too little): the REST route's code, and its text or the cap's.
 INVALID_AUDIO = event(protocol.sse_error(ErrorCode.INVALID_AUDIO.value,
                                          REST_ERRORS[ErrorCode.INVALID_AUDIO].message))
+TOO_LONG = event(protocol.sse_error(ErrorCode.INVALID_AUDIO.value, AUDIO_TOO_LONG))
+
 
 def progress_event(done: float) -> bytes:
     """``{"progress":<fraction of the file fed and recognised>,"type":"progress"}``."""
@@ -106,8 +110,9 @@ async def recognise(
     expected = expected_samples(source)
     fed = 0
     shown = 0  # whole percent last reported
+    chunks = ahead(rechunk(model_blocks(source), CHUNK_SAMPLES))
     try:
-        async for chunk in ahead(rechunk(model_blocks(source), CHUNK_SAMPLES)):
+        async for chunk in chunks:
             if shutdown.is_set():
                 return  # the drain: stop silently before the next chunk (docs/runbook.md)
             recognizer.feed(chunk)
@@ -126,8 +131,10 @@ async def recognise(
                 await out.put(progress_event(done))
     except AudioError as exc:
         log.info("event stream: undecodable audio (%s)", type(exc).__name__)
-        await out.put(INVALID_AUDIO)
+        await out.put(TOO_LONG if isinstance(exc, AudioTooLongError) else INVALID_AUDIO)
         return
+    finally:
+        await chunks.aclose()  # the decoder thread's step, when the stream ends early
     recognizer.finish()
     while (job := recognizer.next_pass()) is not None:
         await run(job)

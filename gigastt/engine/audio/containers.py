@@ -96,7 +96,40 @@ def _sniff(head: bytes) -> str | None:
 
 
 Opener = Callable[[], Any]
-"""A fresh file object or path for a decoder: ``BytesIO`` over the bytes held, or the path."""
+"""A fresh file object or path for a decoder: a ``ViewReader`` over the bytes held, or the path."""
+
+
+class ViewReader(io.RawIOBase):
+    """A read-only, seekable file over bytes held elsewhere. ``io.BytesIO`` would copy a
+    ``bytearray`` or a view whole at every opening (a request body is one: D30)."""
+
+    def __init__(self, view: memoryview) -> None:
+        super().__init__()
+        self._view = view
+        self._at = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        target = memoryview(buffer).cast("B")
+        n = max(0, min(len(target), len(self._view) - self._at))
+        target[:n] = self._view[self._at : self._at + n]
+        self._at += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._at, io.SEEK_END: len(self._view)}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._at = base + offset
+        return self._at
+
+    def tell(self) -> int:
+        return self._at
 
 
 class _SoundfileSource(AudioSource):
@@ -269,7 +302,7 @@ def open_audio(
     else:
         buf = byte_view(data)
         head = bytes(buf[:16])
-        opener = lambda: io.BytesIO(buf)  # noqa: E731
+        opener = lambda: ViewReader(buf)  # noqa: E731
     if not head:
         raise EmptyAudioError("the audio is empty (0 bytes)")
     if head[:4] in RIFF_MAGICS:

@@ -36,11 +36,11 @@ def interleaved_to_mono(
             interleaved = src.astype(np.float32)
         finite = np.isfinite(interleaved)
         if not finite.all():
-            bad = int(finite.size - np.count_nonzero(finite))
+            # No count: decoding stops at the first block that holds one (D30).
             first = first_frame + int(np.argmin(finite)) // channels
             raise NonFiniteSampleError(
-                f"float WAV has {bad} non-finite sample(s) (NaN or ±Inf); the first is at frame "
-                f"{first} ({first / rate:.3f} s)"
+                f"float WAV has non-finite samples (NaN or ±Inf); the first is at frame {first}"
+                f" ({first / rate:.3f} s)"
             )
         return mix_down(interleaved, channels, 1.0, 0.0)
     if bits == 8:
