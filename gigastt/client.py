@@ -12,14 +12,15 @@ import os
 import shutil
 import signal
 import ssl
+import stat
 import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from gigastt.config import (
     STREAM_FRAME_MS,
@@ -28,6 +29,10 @@ from gigastt.config import (
     read_api_key_file,
 )
 from gigastt.protocol import SUPPORTED_RATES
+
+if TYPE_CHECKING:  # numpy loads only when a file is streamed (`gigastt --help` stays light)
+    import numpy as np
+    import numpy.typing as npt
 
 __all__ = ["OUTPUT_FORMATS", "Printer", "StreamFailure", "add_stream_arguments", "run_stream"]
 
@@ -156,30 +161,52 @@ def frame_bytes(rate: int) -> int:
 
 
 def file_audio(path: str) -> Audio:
-    """Decode a file with the server's own reader; a rate the server does not take is
-    resampled to 16 kHz. Raises StreamFailure for an unreadable or undecodable file."""
+    """A file read with the server's own decoder as it is sent, a block at a time (D30: hours
+    of audio cost a block of memory); a rate the server does not take is resampled to 16 kHz.
+    Raises StreamFailure for an unreadable or undecodable file, now or when sending reaches
+    the bad part."""
     import numpy as np
 
-    from gigastt.engine.audio import AudioError, decode_audio, resample
+    from gigastt.engine.audio import AudioError, Resampler, open_audio
 
+    file = Path(path)
     try:
-        data = Path(path).read_bytes()
+        # A pipe (`/dev/stdin`, `<(ffmpeg …)`) cannot be read from an offset: read it whole.
+        regular = stat.S_ISREG(file.stat().st_mode)
+        source = open_audio(file if regular else file.read_bytes())
     except OSError as exc:
         raise StreamFailure(f"cannot read {path}: {exc.strerror}") from exc
-    try:
-        decoded = decode_audio(data)
     except AudioError as exc:
         raise StreamFailure(f"invalid audio in {path}: {exc}") from exc
-    del data
-    samples, rate = decoded.samples, decoded.rate
-    if rate not in SUPPORTED_RATES:
-        samples, rate = resample(samples, rate, FALLBACK_RATE), FALLBACK_RATE
-    pcm = np.clip(np.round(samples * 32768.0), -32768, 32767).astype("<i2").tobytes()
+    rate = source.rate if source.rate in SUPPORTED_RATES else FALLBACK_RATE
     step = frame_bytes(rate)
 
+    def pcm(samples: npt.NDArray[np.float32]) -> bytes:
+        return np.clip(np.round(samples * 32768.0), -32768, 32767).astype("<i2").tobytes()
+
+    def blocks() -> Iterator[bytes]:
+        resampler = None if rate == source.rate else Resampler(source.rate, rate)
+        try:
+            for block in source.blocks():
+                yield pcm(block if resampler is None else resampler.process(block))
+            if resampler is not None:
+                yield pcm(resampler.flush())
+        except OSError as exc:
+            raise StreamFailure(f"cannot read {path}: {exc.strerror}") from exc
+        except AudioError as exc:
+            raise StreamFailure(f"invalid audio in {path}: {exc}") from exc
+
     async def frames() -> AsyncIterator[bytes]:
-        for start in range(0, len(pcm), step):
-            yield pcm[start : start + step]
+        held = b""
+        # Decoded on the loop: a block takes milliseconds, a frame is 100 ms of audio.
+        for data in blocks():
+            held += data
+            whole = len(held) // step * step
+            for start in range(0, whole, step):
+                yield held[start : start + step]
+            held = held[whole:]
+        if held:
+            yield held
 
     return Audio(rate, frames())
 

@@ -334,6 +334,20 @@ def test_an_undecodable_file_is_one_clear_line(tmp_path: Path) -> None:
     assert line == f"Error: cannot read {tmp_path / 'missing.wav'}: No such file or directory"
 
 
+def test_bad_samples_met_while_sending_end_with_one_clear_line(server: ServerProcess,
+                                                                tmp_path: Path) -> None:
+    # The file is decoded as it is sent (D30): the NaN at 40 s is met after frames went out.
+    x = np.tile(two_utterances(), 10)[: 16000 * 45].astype(np.float32)
+    x[16000 * 40] = np.nan
+    bad = tmp_path / "late.wav"
+    bad.write_bytes(wav_bytes(x, 16000, sample_format="float32"))
+    done = gigastt_stream(str(bad), "--url", url(server), "--fast")
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        f"Error: invalid audio in {bad}: float WAV has non-finite samples (NaN or ±Inf); the"
+        " first is at frame 640000 (40.000 s)")
+
+
 # --- usage errors: exit 2 ----------------------------------------------------------------------
 
 
