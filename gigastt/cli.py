@@ -10,7 +10,6 @@ import argparse
 import logging
 import math
 import os
-import stat
 import sys
 import time
 from collections.abc import Sequence
@@ -325,10 +324,8 @@ def _transcribe(args: argparse.Namespace, model_url: str | None) -> int:
         raise RuntimeFailure(str(exc)) from exc
     try:
         cap = float(args.max_audio_secs) if args.max_audio_secs else math.inf  # 0: no cap
-        # The header only: a file's samples are read from disk window by window (D30); a pipe
-        # or a device (`/dev/stdin`, `<(ffmpeg …)`) cannot be read twice, so it is read whole.
-        regular = stat.S_ISREG(args.file.stat().st_mode)
-        source = open_audio(args.file if regular else args.file.read_bytes(), max_seconds=cap)
+        # The header only: the samples are read from disk window by window (D30).
+        source = open_audio(args.file, max_seconds=cap)
     except OSError as exc:
         raise RuntimeFailure(f"cannot read {args.file}: {exc.strerror}") from exc
     except AudioError as exc:

@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import ssl
-import stat
 import sys
 import threading
 import time
@@ -169,11 +168,8 @@ def file_audio(path: str) -> Audio:
 
     from gigastt.engine.audio import AudioError, Resampler, open_audio
 
-    file = Path(path)
     try:
-        # A pipe (`/dev/stdin`, `<(ffmpeg …)`) cannot be read from an offset: read it whole.
-        regular = stat.S_ISREG(file.stat().st_mode)
-        source = open_audio(file if regular else file.read_bytes())
+        source = open_audio(Path(path))
     except OSError as exc:
         raise StreamFailure(f"cannot read {path}: {exc.strerror}") from exc
     except AudioError as exc:

@@ -242,3 +242,19 @@ def test_streams_pass_the_whole_array_frame_cap(monkeypatch: pytest.MonkeyPatch)
     assert joined(model_blocks(open_audio(out.getvalue()))).shape == (48_000,)
     with pytest.raises(AudioTooLongError, match="the maximum is 2 s"):
         joined(open_audio(out.getvalue(), max_seconds=2).blocks())
+
+
+def test_a_pipe_is_read_whole(tmp_path: Path) -> None:
+    import os
+    import threading
+
+    data = audio.wav_bytes(audio.speech_like(3, seed=11), 16000)
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_bytes, args=(data,))
+    writer.start()
+    try:
+        source = open_audio(fifo)
+    finally:
+        writer.join()
+    assert np.array_equal(joined(model_blocks(source)), load_audio(data))

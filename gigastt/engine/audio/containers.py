@@ -7,6 +7,7 @@ import functools
 import importlib
 import io
 import math
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -280,7 +281,8 @@ def _missing_extra(label: str, extra: str) -> UnsupportedFormatError:
 def open_audio(
     data: bytes | bytearray | memoryview | Path, *, max_seconds: float = MAX_AUDIO_SECONDS
 ) -> AudioSource:
-    """Check any supported file, held in memory or on disk; ``blocks()`` then decodes it.
+    """Check any supported file, held in memory or on disk (a path that is not a regular file
+    is read whole first); ``blocks()`` then decodes it.
 
     WAV is read by :func:`open_wav`; FLAC/OGG/MP3 by soundfile (extra ``formats``) or PyAV;
     M4A/AAC by PyAV (extra ``m4a``); a WAV codec the built-in parser lacks (µ-law, ADPCM…)
@@ -294,6 +296,10 @@ def open_audio(
         AudioTooLongError for a compressed stream over MAX_DECODED_FRAMES.
     """
     opener: Opener
+    if isinstance(data, Path) and not stat.S_ISREG(data.stat().st_mode):
+        # A pipe or a device (`/dev/stdin`, `<(ffmpeg …)`) cannot be read twice or from an
+        # offset: it is read whole, as bytes held.
+        data = data.read_bytes()
     if isinstance(data, Path):
         with open(data, "rb") as handle:
             head = handle.read(16)
