@@ -312,7 +312,7 @@ def _transcribe(args: argparse.Namespace, model_url: str | None) -> int:
     from gigastt.engine.model import GigaamModel, ModelError
     from gigastt.engine.recognizer import Recognizer, own_words, transcript_of
     from gigastt.engine.transcript import Word
-    from gigastt.engine.windows import FileWindows, VadPass
+    from gigastt.engine.windows import FileWindows, read_spans
     from gigastt.progress import TerminalProgress
     from gigastt.store import StoreError, prepare_model
 
@@ -353,11 +353,7 @@ def _transcribe(args: argparse.Namespace, model_url: str | None) -> int:
     try:
         spans, total = None, 0
         if vad is not None:  # D28: the VAD reads the file first; pauses are skipped
-            reading = VadPass()
-            for block in model_blocks(source):
-                reading.feed(vad, block)
-            spans, _ = reading.finish(vad)
-            total = reading.samples
+            spans, _, total = read_spans(vad, model_blocks(source))
         windows = FileWindows(model_blocks(source), spans)
         for window, audio in windows:
             tokens = recognizer.tokens(audio, hotwords)

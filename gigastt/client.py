@@ -392,11 +392,11 @@ def _refusal_detail(body: bytes | bytearray | None) -> str:
             if isinstance(message, dict):  # OpenAI's shape
                 message = message.get("message")
             if isinstance(message, str):
-                return message[:200]
+                return printable(message, 200)
     except ValueError:
         pass
     line = body.decode("utf-8", "replace").strip().splitlines()
-    return "".join(ch for ch in line[0] if ch.isprintable())[:200] if line else ""
+    return printable(line[0], 200) if line else ""
 
 
 async def _receive(ws: Any, printer: Printer, outcome: Outcome) -> None:
@@ -502,7 +502,7 @@ async def _session(opts: StreamOptions, out: TextIO, stdin: Any, stop: asyncio.E
         with contextlib.suppress(Exception):
             await ws.close()
     printer.finish(sent.seconds)
-    if sender.done() and not sender.cancelled():
+    if not sender.cancelled():  # done either way: gathered above
         failed = sender.exception()
         if isinstance(failed, StreamFailure):
             raise failed

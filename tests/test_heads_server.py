@@ -26,7 +26,7 @@ from gigastt.store.download import sha256_of
 from gigastt.testing.audio import speech_like, tone_sequence, wav_bytes
 from gigastt.testing.models import write_small_model, write_tone_model
 from tests.mirror import ModelServer
-from tests.serverproc import ROOT, ServerProcess
+from tests.serverproc import ROOT, ServerProcess, serving
 from tests.wsclient import open_session, pcm16
 
 TONES = ["▁При", "вет", ",", "▁как", "▁де", "ла", "?"]
@@ -113,9 +113,7 @@ def _wait_job(server: ServerProcess, job_id: str) -> None:
 def ctc_tone_server(tone_heads: Path, tmp_path_factory: pytest.TempPathFactory
                     ) -> Iterator[ServerProcess]:
     jobs = tmp_path_factory.mktemp("jobs")
-    server = ServerProcess(tone_heads, "--model-variant", "e2e_ctc", "--jobs-dir", str(jobs))
-    yield server
-    server.stop()
+    yield from serving(tone_heads, "--model-variant", "e2e_ctc", "--jobs-dir", str(jobs))
 
 
 def test_every_route_works_with_a_ctc_head(ctc_tone_server: ServerProcess) -> None:
@@ -205,9 +203,7 @@ def rnnt_tone_server(tone_heads: Path, tmp_path_factory: pytest.TempPathFactory
                      ) -> Iterator[ServerProcess]:
     phrases = tmp_path_factory.mktemp("hw") / "hotwords.txt"
     phrases.write_text("мир\n", encoding="utf-8")  # unrelated to the audio below
-    server = ServerProcess(tone_heads, "--hotwords-file", str(phrases))
-    yield server
-    server.stop()
+    yield from serving(tone_heads, "--hotwords-file", str(phrases))
 
 
 # "вет" at a tenth of its level: greedy decoding misses it by a small margin.

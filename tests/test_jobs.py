@@ -20,7 +20,7 @@ import pytest
 from gigastt.jobs.store import AUDIO_DIR, RESULT_DIR, TMP_DIR, is_job_id
 from gigastt.testing import audio
 from tests.conftest import long_speech
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, serving
 
 # Two windows of /v1/transcribe (progress between them); SHORT where the length proves nothing.
 SPEECH = audio.wav_bytes(audio.speech_like(30, seed=11))
@@ -71,9 +71,8 @@ def leftovers(jobs_dir: Path) -> list[str]:
 def jobs_server(small_model: Path, tmp_path_factory: pytest.TempPathFactory
                 ) -> Iterator[tuple[ServerProcess, Path]]:
     jobs_dir = tmp_path_factory.mktemp("jobs")
-    server = ServerProcess(small_model, "--jobs-dir", str(jobs_dir))
-    yield server, jobs_dir
-    server.stop()
+    for server in serving(small_model, "--jobs-dir", str(jobs_dir)):
+        yield server, jobs_dir
 
 
 def test_a_job_gives_the_same_bytes_as_transcribe_in_every_format(

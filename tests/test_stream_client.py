@@ -24,7 +24,7 @@ import pytest
 from gigastt.cli import main
 from gigastt.client import Outcome, Printer, failure_line
 from gigastt.testing.audio import silence, tone_sequence, wav_bytes
-from tests.serverproc import ROOT, ServerProcess, pool_idle
+from tests.serverproc import ROOT, ServerProcess, pool_idle, serving
 from tests.wsclient import open_session, pcm16
 
 HELLO = ["▁При", "вет", ",", "▁мир", "."]
@@ -57,10 +57,7 @@ def url(server: ServerProcess, path: str = "/v1/ws") -> str:
 
 @pytest.fixture(scope="module")
 def server(tone_model: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tone_model, "--metrics")
-    yield proc
-    proc.stop()
-    assert "Traceback" not in proc.log
+    yield from serving(tone_model, "--metrics")
 
 
 @pytest.fixture(scope="module")
@@ -452,3 +449,11 @@ def test_server_text_never_reaches_the_terminal_with_control_characters() -> Non
     body = {"type": "final", "text": "при\x1b[2Jвет\x07", "words": []}
     printer.message(json.dumps(body), body)
     assert out.getvalue() == "при[2Jвет\n"
+
+
+def test_a_refusal_message_reaches_the_terminal_without_control_characters() -> None:
+    from gigastt.client import _refusal_detail
+
+    hostile = json.dumps({"error": "busy\x1b[2J\x1b]0;owned\x07 now"}).encode()
+    assert _refusal_detail(hostile) == "busy[2J]0;owned now"
+    assert _refusal_detail(b"\x1b[31mplain text\r\nsecond line") == "[31mplain text"

@@ -15,7 +15,7 @@ import pytest
 
 from gigastt.config import ConfigError, add_serve_arguments, serve_config
 from gigastt.server import ui
-from tests.serverproc import ROOT, ServerProcess, get, parse_response, raw_exchange
+from tests.serverproc import ROOT, ServerProcess, get, parse_response, raw_exchange, serving
 
 FILES = {
     "/": ("index.html", "text/html; charset=utf-8"),
@@ -39,10 +39,7 @@ def shipped(name: str) -> bytes:
 
 @pytest.fixture(scope="module")
 def server(small_model: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(small_model)
-    yield proc
-    proc.stop()
-    assert "Traceback" not in proc.log
+    yield from serving(small_model)
 
 
 # --- files and headers -------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from gigastt.testing.audio import silence, tone_sequence, wav_bytes
-from tests.serverproc import ServerProcess, pool_idle
+from tests.serverproc import ServerProcess, pool_idle, serving
 from tests.test_deploy import (  # the proxy fixtures, shared with the deployment tests
     KINDS,
     PASSWORD,
@@ -85,10 +85,7 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(tone_model: Path) -> Iterator[ServerProcess]:
     # One slot, given up after 1 s: a second session meets a busy server at once.
-    proc = ServerProcess(tone_model, "--pool-size", "1", "--pool-checkout-timeout-secs", "1")
-    yield proc
-    proc.stop()
-    assert "Traceback" not in proc.log
+    yield from serving(tone_model, "--pool-size", "1", "--pool-checkout-timeout-secs", "1")
 
 
 @pytest.fixture(scope="module")

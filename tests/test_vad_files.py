@@ -21,11 +21,11 @@ from gigastt.engine.model import GigaamModel
 from gigastt.engine.recognizer import FRAME_SAMPLES, Recognizer, Window, own_words, split_windows
 from gigastt.engine.vad import VAD_FILE, SileroVad
 from gigastt.engine.windows import plan_windows, vad_plan
-from gigastt.testing.audio import wav_bytes
+from gigastt.testing.audio import speech_like, wav_bytes
 from gigastt.testing.models import DECODER, _decoder_io, _Graph, write_tone_model
 from tests.conftest import ROOT, SHARED, golos_clips, read_pcm16
 from tests.mirror import ModelServer
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, serving
 
 VAD_PATH = SHARED / "fixtures" / "vad" / "silero_vad.onnx"
 requires_vad = pytest.mark.skipif(not VAD_PATH.is_file() or not golos_clips(),
@@ -158,9 +158,7 @@ def _metric(text: str, name: str) -> float:
 
 @pytest.fixture(scope="module")
 def vad_server(vad_model_dir: Path) -> Iterator[ServerProcess]:
-    server = ServerProcess(vad_model_dir, "--metrics", "--skip-quantize")
-    yield server
-    server.stop()
+    yield from serving(vad_model_dir, "--metrics", "--skip-quantize")
 
 
 @requires_vad
@@ -309,8 +307,12 @@ def test_vad_off_ignores_a_bad_file(local_dir: Path, tmp_path: Path) -> None:
     server = ServerProcess(local_dir, "--skip-quantize", "--vad", "off", "--vad-model", str(bad))
     try:
         assert "VAD" not in server.log
+        health = server.request("GET", "/health").json()
+        assert isinstance(health, dict) and health["status"] == "ok" and "vad" not in health
+        reply = server.request("POST", "/v1/transcribe", wav_bytes(speech_like(3, seed=1)))
+        assert reply.status == 200 and json.loads(reply.body)["duration"] == 3.0
     finally:
-        server.stop()
+        assert server.stop() == 0
 
 
 def test_bad_vad_mode_is_a_usage_error(local_dir: Path) -> None:

@@ -21,12 +21,11 @@ from gigastt.engine.tokenizer import Vocabulary, VocabularyError
 
 log = logging.getLogger(__name__)
 
-ENCODER_FILE = "v3_e2e_rnnt_encoder.onnx"
-ENCODER_INT8_FILE = "v3_e2e_rnnt_encoder_int8.onnx"
-DECODER_FILE = "v3_e2e_rnnt_decoder.onnx"
-JOINT_FILE = "v3_e2e_rnnt_joint.onnx"
-VOCAB_FILE = "v3_e2e_rnnt_vocab.txt"
-MODEL_FILES = (ENCODER_FILE, DECODER_FILE, JOINT_FILE, VOCAB_FILE)
+# The default head's file names (heads.py owns them all).
+ENCODER_FILE, DECODER_FILE, JOINT_FILE = DEFAULT_HEAD.graphs
+ENCODER_INT8_FILE = DEFAULT_HEAD.int8
+VOCAB_FILE = DEFAULT_HEAD.vocab
+MODEL_FILES = DEFAULT_HEAD.files
 
 # name -> (onnx element type, rank); batch and time axes are dynamic in the export.
 _CONTRACT: dict[str, tuple[dict[str, tuple[str, int]], dict[str, tuple[str, int]]]] = {
@@ -64,8 +63,7 @@ def missing_files(model_dir: Path) -> list[str]:
     The INT8 encoder stands in for the FP32 one: a directory with it and without the 885 MB
     FP32 encoder is complete (INT8-only, for small boxes: docs/decisions.md D53).
     """
-    return [name for name in MODEL_FILES if not (model_dir / name).is_file()
-            and not (name == ENCODER_FILE and (model_dir / ENCODER_INT8_FILE).is_file())]
+    return head_missing(model_dir, DEFAULT_HEAD)
 
 
 def session_options(threads: int) -> ort.SessionOptions:

@@ -137,10 +137,13 @@ class VadPass:
         self._stream = VadStream(SAMPLE_RATE)
         self._probabilities: list[F32] = []
         self._params = params
-        self.samples = 0
+
+    @property
+    def samples(self) -> int:
+        """The samples fed so far: after the last block, the file's length."""
+        return self._stream.samples
 
     def feed(self, vad: SileroVad, block: F32) -> None:
-        self.samples += block.shape[0]
         self._probabilities.append(self._stream.feed(vad, block))
 
     def finish(self, vad: SileroVad, *, window_seconds: float = WINDOW_SECONDS
@@ -152,15 +155,26 @@ class VadPass:
         return plan_spans(segments, self.samples, window_seconds=window_seconds), speech
 
 
+def read_spans(vad: SileroVad, blocks: Iterable[F32], *, params: VadParams = FILE_VAD_PARAMS,
+               window_seconds: float = WINDOW_SECONDS) -> tuple[list[Span], int, int]:
+    """The VAD's whole reading of a file in one thread: the spans to recognise, the samples it
+    found to be speech, and the file's length. (The server runs it a block per bulk-lane turn
+    instead: engine/files.py.)"""
+    reading = VadPass(params)
+    for block in blocks:
+        reading.feed(vad, block)
+    spans, speech = reading.finish(vad, window_seconds=window_seconds)
+    return spans, speech, reading.samples
+
+
 def vad_plan(vad: SileroVad, samples: F32, *, window_seconds: float = WINDOW_SECONDS,
              params: VadParams = FILE_VAD_PARAMS) -> WindowPlan:
     """Run the VAD over a whole 16 kHz file held in memory and plan its windows (CPU work: on a
     lane)."""
     if samples.shape[0] == 0:
         return WindowPlan([Window(0, 0)], 0)
-    reading = VadPass(params)
-    for at in range(0, samples.shape[0], FILE_BLOCK_SAMPLES):
-        reading.feed(vad, samples[at : at + FILE_BLOCK_SAMPLES])
-    spans, speech = reading.finish(vad, window_seconds=window_seconds)
+    blocks = (samples[at : at + FILE_BLOCK_SAMPLES]
+              for at in range(0, samples.shape[0], FILE_BLOCK_SAMPLES))
+    spans, speech, _ = read_spans(vad, blocks, params=params, window_seconds=window_seconds)
     windows = FileWindows([samples], spans, window_seconds=window_seconds)
     return WindowPlan([window for window, _ in windows], speech)

@@ -27,7 +27,7 @@ from gigastt.engine.hotwords import Hotwords, compile_phrases, parse_list
 from gigastt.engine.recognizer import Recognizer, transcript_of
 from gigastt.engine.tokenizer import Vocabulary
 from gigastt.engine.transcript import Word
-from gigastt.errors import AUDIO_TOO_LONG
+from gigastt.errors import AUDIO_TOO_LONG, REST_ERRORS, ErrorCode
 from gigastt.jobs.store import AudioDamaged, Job, StorageFull, StoreThread, audio_file, log_id
 
 log = logging.getLogger(__name__)
@@ -39,17 +39,17 @@ RETRY_SECS = 1.0
 
 # Why a job failed, as its status shows it: a code and a fixed, client-safe message (decoder
 # details are only logged, docs/architecture.md §14).
+DAMAGED = ("job_audio_damaged", "The stored audio file is missing or damaged; send the file"
+           " again.")
 FAILURES: dict[type[Exception], tuple[str, str]] = {
-    AudioDamaged: ("job_audio_damaged",
-                   "The stored audio file is missing or damaged; send the file again."),
-    AudioTooLongError: ("audio_too_long", AUDIO_TOO_LONG),
+    AudioDamaged: DAMAGED,
     # The stored file went away while it was read (a DELETE): as damaged, not an internal error.
-    FileNotFoundError: ("job_audio_damaged",
-              "The stored audio file is missing or damaged; send the file again."),
-    UnsupportedSampleRateError: ("unsupported_sample_rate",
-                                 "Sample rate outside the supported range 8000-384000 Hz"),
-    AudioError: ("invalid_audio", "Failed to decode audio file. Check format (WAV, MP3, M4A,"
-                 " OGG, FLAC supported)."),
+    FileNotFoundError: DAMAGED,
+    AudioTooLongError: ("audio_too_long", AUDIO_TOO_LONG),
+    # The REST catalogue's codes and texts where it has them.
+    UnsupportedSampleRateError: (ErrorCode.UNSUPPORTED_SAMPLE_RATE.value,
+                                 REST_ERRORS[ErrorCode.UNSUPPORTED_SAMPLE_RATE].message),
+    AudioError: (ErrorCode.INVALID_AUDIO.value, REST_ERRORS[ErrorCode.INVALID_AUDIO].message),
     StorageFull: ("insufficient_storage", "The jobs directory is full; the result could not"
                   " be stored."),
 }

@@ -707,16 +707,22 @@ def tone_frequency(token: str) -> float:
     return float(_mel_centres()[_tone_band(token)])
 
 
+def _tone_frames(g: _Graph, features: str) -> str:
+    """Every 4th log-mel frame, unchanged: the subsampling convolutions with identity centre
+    taps and no ReLU, so frame t of the output is log-mel frame 4t."""
+    eye = np.zeros((FEATURES, FEATURES, 5), dtype=np.float32)
+    eye[np.arange(FEATURES), np.arange(FEATURES), 2] = 1.0
+    x = features
+    for _ in range(2):
+        x = g.op("Conv", [x, g.const("sub_w", eye)], kernel_shape=[5], strides=[2], pads=[2, 2])
+    return x
+
+
 def _tone_models() -> tuple[Any, Any, Any]:
     vocab = len(TONE_VOCAB)
     # encoder: identity centre taps, no ReLU -> encoded[:, :, t] = logmel[:, :, 4t]
     g = _Graph()
-    x = "audio_signal"
-    eye = np.zeros((FEATURES, FEATURES, 5), dtype=np.float32)
-    eye[np.arange(FEATURES), np.arange(FEATURES), 2] = 1.0
-    for _ in range(2):
-        x = g.op("Conv", [x, g.const("sub_w", eye)], kernel_shape=[5], strides=[2], pads=[2, 2])
-    g.op("Identity", [x], out="encoded")
+    g.op("Identity", [_tone_frames(g, "audio_signal")], out="encoded")
     _encoded_len(g)
     encoder = g.model("encoder", *_encoder_io())
 
@@ -756,12 +762,7 @@ def _tone_ctc_model() -> Any:
     <unk> -1000, per encoder frame; a tone's frames collapse into one token."""
     vocab = len(TONE_VOCAB)
     g = _Graph()
-    x = "features"
-    eye = np.zeros((FEATURES, FEATURES, 5), dtype=np.float32)
-    eye[np.arange(FEATURES), np.arange(FEATURES), 2] = 1.0
-    for _ in range(2):
-        x = g.op("Conv", [x, g.const("sub_w", eye)], kernel_shape=[5], strides=[2], pads=[2, 2])
-    x = g.transpose(x, (0, 2, 1))  # [B, T', 64]
+    x = g.transpose(_tone_frames(g, "features"), (0, 2, 1))  # [B, T', 64]
     select = np.zeros((FEATURES, vocab), dtype=np.float32)
     offset = np.zeros(vocab, dtype=np.float32)
     for k, token in enumerate(TONE_TOKENS, start=1):
